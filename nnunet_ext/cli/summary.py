@@ -1,0 +1,41 @@
+"""``nnunet-ext summary``: parameters and MACs of an architecture at a plan's setting."""
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("summary", help="parameters and MACs of a network at a patch size")
+    p.add_argument("--arch", required=True, help="architecture name (see `nnunet-ext trainers`)")
+    p.add_argument("--patch", type=int, nargs=3, required=True, metavar=("Z", "Y", "X"))
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--classes", type=int, default=2, help="segmentation heads (incl. background)")
+    p.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("SZ", "SY", "SX"),
+                   help="voxel spacing; nnU-Net's planner rule derives the strides from it (default 1 1 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from nnunet_ext.architectures import PlanError, available_architectures
+    from nnunet_ext.architectures.summary import summarize
+
+    if args.arch not in available_architectures():
+        raise SystemExit(f"nnunet-ext summary: unknown architecture '{args.arch}'; "
+                         f"known: {', '.join(available_architectures())}")
+    try:
+        s = summarize(args.arch, args.patch, args.in_channels, args.classes, args.spacing)
+    except PlanError as e:
+        raise SystemExit(f"nnunet-ext summary: {e}") from None
+    if args.json:
+        print(json.dumps({k: s[k] for k in ("arch", "params", "params_inference", "macs")} |
+                         {"params_trainable": s["params_trainable"], "patch_size": s["patch_size"],
+                          "strides": s["strides"]}))
+        return 0
+    print(f"{s['arch']} at patch {s['patch_size']} (strides {s['strides']}), "
+          f"{args.in_channels} input channel(s), {args.classes} classes")
+    print(f"  parameters:            {s['params']:>14,d}  ({s['params'] / 1e6:.2f} M)")
+    print(f"  trainable parameters:  {s['params_trainable']:>14,d}")
+    if s["params_inference"] != s["params"]:
+        print(f"  at inference:          {s['params_inference']:>14,d}  ({s['params_inference'] / 1e6:.2f} M)")
+    print(f"  MACs (one forward):    {s['macs']:>14,d}  ({s['macs'] / 1e9:.2f} G)")
+    return 0

@@ -1,0 +1,83 @@
+"""One base trainer for every nnunet-ext network.
+
+Concrete trainers are a few lines (see :mod:`nnunet_ext.trainers.networks`): they name the
+registered architecture and, where needed, switch torch.compile off. Everything else is stock
+nnU-Net: data loading, augmentation, DC+CE loss with deep supervision, SGD + poly LR,
+1000 epochs x 250 iterations, validation and export.
+"""
+
+from __future__ import annotations
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+from torch._dynamo import OptimizedModule
+
+from nnunet_ext.architectures import PlanError, PlanSpec, build_network, get_architecture
+
+
+def three_d_configurations(plans_manager: PlansManager) -> list[str]:
+    """Names of the plans' configurations whose patch is 3D."""
+    return [c for c in plans_manager.available_configurations
+            if len(plans_manager.get_configuration(c).patch_size) == 3]
+
+
+class AbstractExtTrainer(nnUNetTrainer):
+    """nnU-Net trainer that builds a registered nnunet-ext architecture from the plans.
+
+    Subclasses set :attr:`arch` (a name in :mod:`nnunet_ext.architectures`) and optionally
+    :attr:`compile_network` = False.
+    """
+
+    #: registry name of the network this trainer builds
+    arch: str = ""
+    #: set False where torch.compile does not work with the network (Mamba scans)
+    compile_network: bool = True
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        if not self.arch:
+            raise TypeError(f"{type(self).__name__} is abstract: set the class attribute 'arch'")
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._require_3d(self.plans_manager, self.configuration_manager, configuration)
+
+    @classmethod
+    def _require_3d(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                    configuration: str | None = None) -> None:
+        patch = list(configuration_manager.patch_size)
+        if len(patch) != 3:
+            name = configuration or configuration_manager.data_identifier
+            options = three_d_configurations(plans_manager) or ["3d_fullres (run nnUNetv2_plan_and_preprocess -c 3d_fullres)"]
+            raise PlanError(
+                f"{cls.__name__} trains a 3D network ({get_architecture(cls.arch).title}), but configuration "
+                f"'{name}' is 2D (patch {patch}). Use a 3D configuration of these plans: {', '.join(options)}.")
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """Called by the trainer at ``initialize()`` and by ``nnUNetPredictor`` at inference (with
+        ``enable_deep_supervision=False``): same plans give the same network and state-dict keys."""
+        cls._require_3d(plans_manager, configuration_manager)
+        spec = PlanSpec.from_configuration(configuration_manager)
+        return build_network(cls.arch, spec, num_input_channels, num_output_channels, enable_deep_supervision)
+
+    # ----------------------------------------------------------------- network access
+    def _plain_network(self) -> nn.Module:
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        self._plain_network().deep_supervision = enabled
+
+    def _get_deep_supervision_scales(self):
+        """The network's own output scales (it may have fewer outputs than nnU-Net's U-Net)."""
+        if not self.enable_deep_supervision:
+            return None
+        return [list(s) for s in self._plain_network().deep_supervision_scales]
+
+    def _do_i_compile(self) -> bool:
+        if not self.compile_network:
+            return False
+        return super()._do_i_compile()

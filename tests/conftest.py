@@ -1,0 +1,16 @@
+"""Test-wide settings: 2 threads (2-core CI), nnU-Net paths in temp dirs, deterministic seeds."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
