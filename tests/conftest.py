@@ -14,3 +14,11 @@ torch.set_num_threads(2)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """The synthetic dataset, planned and preprocessed once per test session by the stock CLI."""
+    from tests.nnunet_cli import make_tiny_dataset
+
+    return make_tiny_dataset(tmp_path_factory.mktemp("nnunet"))

@@ -19,8 +19,9 @@ def count_parameters(network: torch.nn.Module, inference: bool = False, trainabl
                if id(p) not in skip and (p.requires_grad or not trainable_only))
 
 
-def count_macs(network: torch.nn.Module, input_shape: Sequence[int], device: str | torch.device = "meta") -> int:
-    """Multiply-accumulates of one eval-mode forward of a (B, C, Z, Y, X) input.
+def count_macs(network: torch.nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one eval-mode forward of a (B, C, Z, Y, X) input (on the network's device;
+    on the meta device nothing is computed).
 
     Counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention; MACs = FLOPs / 2);
     elementwise work (norms, activations, the selective-scan recurrence) is not counted, as in
@@ -28,7 +29,7 @@ def count_macs(network: torch.nn.Module, input_shape: Sequence[int], device: str
     """
     was_training = network.training
     network.eval()
-    x = torch.zeros(tuple(input_shape), device=device)
+    x = torch.zeros(tuple(input_shape), device=next(network.parameters()).device)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         network(x)
@@ -54,5 +55,5 @@ def summarize(arch: str, patch_size: Sequence[int], in_channels: int, classes: i
         "params": count_parameters(net),
         "params_trainable": count_parameters(net, trainable_only=True),
         "params_inference": count_parameters(net, inference=True),
-        "macs": count_macs(net, (1, in_channels, *spec.patch_size), device),
+        "macs": count_macs(net, (1, in_channels, *spec.patch_size)),
     }

@@ -39,12 +39,16 @@ class AbstractExtTrainer(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         if not self.arch:
             raise TypeError(f"{type(self).__name__} is abstract: set the class attribute 'arch'")
+        # fail at once, before nnU-Net creates any output folder, on a plan the network cannot use
+        plans_manager = PlansManager(plans)
+        self.check_plan(plans_manager, plans_manager.get_configuration(configuration), configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self._require_3d(self.plans_manager, self.configuration_manager, configuration)
 
     @classmethod
-    def _require_3d(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                    configuration: str | None = None) -> None:
+    def check_plan(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                   configuration: str | None = None) -> PlanSpec:
+        """The plan as a :class:`PlanSpec`; raises :class:`PlanError` (naming the fix) for a 2D
+        configuration or a patch the network's total stride does not divide."""
         patch = list(configuration_manager.patch_size)
         if len(patch) != 3:
             name = configuration or configuration_manager.data_identifier
@@ -52,6 +56,10 @@ class AbstractExtTrainer(nnUNetTrainer):
             raise PlanError(
                 f"{cls.__name__} trains a 3D network ({get_architecture(cls.arch).title}), but configuration "
                 f"'{name}' is 2D (patch {patch}). Use a 3D configuration of these plans: {', '.join(options)}.")
+        spec = PlanSpec.from_configuration(configuration_manager, configuration)
+        entry = get_architecture(cls.arch)
+        spec.check_divisible(entry.required_divisor(spec), entry.title)
+        return spec
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -59,8 +67,7 @@ class AbstractExtTrainer(nnUNetTrainer):
                                    enable_deep_supervision: bool = True) -> nn.Module:
         """Called by the trainer at ``initialize()`` and by ``nnUNetPredictor`` at inference (with
         ``enable_deep_supervision=False``): same plans give the same network and state-dict keys."""
-        cls._require_3d(plans_manager, configuration_manager)
-        spec = PlanSpec.from_configuration(configuration_manager)
+        spec = cls.check_plan(plans_manager, configuration_manager)
         return build_network(cls.arch, spec, num_input_channels, num_output_channels, enable_deep_supervision)
 
     # ----------------------------------------------------------------- network access

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 VARIANT_RE = re.compile(r"^(?P<base>[A-Za-z][A-Za-z0-9]*?)_(?P<epochs>\d+)epochs?(?:_(?P<iters>\d+)iters)?$")
 
 
@@ -33,8 +35,10 @@ def parse_variant(name: str) -> tuple[str, int, int | None] | None:
 def make_variant(base: type, name: str, epochs: int, iters: int | None, module: str) -> type:
     """A subclass of ``base`` named ``name`` that trains ``epochs`` x ``iters`` iterations."""
 
-    def __init__(self, *args, **kwargs):
-        base.__init__(self, *args, **kwargs)
+    # nnU-Net records __init__'s named parameters for checkpoints, so keep its exact signature
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        base.__init__(self, plans, configuration, fold, dataset_json, device)
         self.num_epochs = epochs
         if iters is not None:
             self.num_iterations_per_epoch = iters

@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+import nnunet_ext.trainers as trainers
+from nnunet_ext.trainers.variants import parse_variant
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("UNETRPPTrainer_5epochs", ("UNETRPPTrainer", 5, None)),
+    ("UNETRPPTrainer_1epoch", ("UNETRPPTrainer", 1, None)),
+    ("SegMambaTrainer_2epochs_30iters", ("SegMambaTrainer", 2, 30)),
+    ("nnUNetTrainer_3epochs_7iters", ("nnUNetTrainer", 3, 7)),
+    ("UNETRPPTrainer", None), ("UNETRPPTrainer_0epochs", None), ("X_5epochs_0iters", None),
+    ("UNETRPPTrainer_fiveepochs", None),
+])
+def test_parse_variant(name, expected):
+    assert parse_variant(name) == expected
+
+
+def test_variant_classes_are_cached_subclasses():
+    cls = trainers.SmallUNetTrainer_3epochs_7iters
+    assert cls is trainers.SmallUNetTrainer_3epochs_7iters
+    assert issubclass(cls, trainers.SmallUNetTrainer) and cls.__name__ == "SmallUNetTrainer_3epochs_7iters"
+    assert issubclass(trainers.nnUNetTrainer_2epochs, trainers.nnUNetTrainer)
+    for bad in ("NotATrainer_2epochs", "AbstractExtTrainer_1epoch", "SmallUNetTrainer_x"):
+        assert not hasattr(trainers, bad)
+
+
+def test_variant_sets_epochs_and_iterations(tiny_dataset):
+    import json
+
+    plans = tiny_dataset.plans()
+    ds_json = json.loads((tiny_dataset.plans_file.parent / "dataset.json").read_text())
+    t = trainers.SmallUNetTrainer_3epochs_20iters(plans, "3d_fullres", 0, ds_json, torch.device("cpu"))
+    assert (t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch) == (3, 20, 4)
+    # nnU-Net stores the init args for checkpoints: our signature must be the stock one
+    assert set(t.my_init_kwargs) == {"plans", "configuration", "fold", "dataset_json", "device"}
+    t.initialize()
+    assert t._get_deep_supervision_scales() == t.network.deep_supervision_scales
+    t.set_deep_supervision_enabled(False)
+    assert t.network(torch.zeros(1, 1, *plans["configurations"]["3d_fullres"]["patch_size"])).dim() == 5
