@@ -77,7 +77,7 @@ class TinyDataset:
     def predict(self, trainer: str, out: Path, folds: str = "0", *more: str) -> subprocess.CompletedProcess:
         return run(["nnUNetv2_predict", "-i", str(self.raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID),
                     "-c", "3d_fullres", "-f", *folds.split(), "-tr", trainer, "-device", "cpu",
-                    "-npp", "1", "-nps", "1", *more], self.env)
+                    "-npp", "1", "-nps", "1", "--disable_tta", *more], self.env)
 
 
 def make_tiny_dataset(root: Path) -> TinyDataset:

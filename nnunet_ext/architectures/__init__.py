@@ -7,8 +7,8 @@ from nnunet_ext.architectures.plans import PlanError, PlanSpec
 from nnunet_ext.architectures.registry import (ArchEntry, available_architectures, build_network,
                                                get_architecture, register_architecture)
 
-# registered architectures (import order = listing order does not matter; the registry sorts)
-from nnunet_ext.architectures import small_unet  # noqa: F401,E402
+# registered architectures (the registry sorts them by name)
+from nnunet_ext.architectures import missu, segmamba, segresmamba, small_unet, unetr_pp  # noqa: F401,E402
 
 __all__ = ["ArchEntry", "PlanError", "PlanSpec", "available_architectures", "build_network",
            "get_architecture", "register_architecture"]

@@ -44,3 +44,23 @@ class ExtNetwork(AbstractDynamicNetworkArchitectures):
             nn.init.kaiming_normal_(module.weight, a=1e-2)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+
+class EncoderDecoderNetwork(ExtNetwork):
+    """An :class:`ExtNetwork` shaped like dynamic-network-architectures' U-Nets: ``self.encoder``
+    returns the skips, ``self.decoder`` (built from the encoder) turns them into logits and owns the
+    ``deep_supervision`` flag. ``forward(x) = decoder(encoder(x))``."""
+
+    encoder: nn.Module
+    decoder: nn.Module
+
+    @property
+    def deep_supervision(self) -> bool:
+        return self.decoder.deep_supervision
+
+    @deep_supervision.setter
+    def deep_supervision(self, value: bool) -> None:
+        self.decoder.deep_supervision = bool(value)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))

@@ -121,3 +121,39 @@ def spatial_after(patch_size: Sequence[int], strides: Sequence[Sequence[int]]) -
         cur = [c // k for c, k in zip(cur, s)]
         out.append(tuple(cur))
     return out
+
+
+def deepest_first_strides(total_stride: Sequence[int], downsamplings: int) -> tuple[Shape, ...]:
+    """``downsamplings`` strides (shallowest first) that spread a plan's total stride, deepest first.
+
+    Per axis, the factors of 2 in ``total_stride`` (nnU-Net's product of ``pool_op_kernel_sizes``)
+    are handed out from the deepest down-sampling upwards, at most one (stride 2) each; the others
+    get stride 1. So an axis the planner pools less (thick slices, short extent) is strided only in
+    the deepest levels, as nnU-Net does, and a plan deeper than the network is capped at
+    ``2 ** downsamplings`` per axis. Used by MISSU, SegMamba and SegResMamba.
+
+    >>> deepest_first_strides((4, 32, 32), 3)
+    ((1, 2, 2), (2, 2, 2), (2, 2, 2))
+    """
+    def twos(n: int) -> int:
+        k = 0
+        while n > 1 and n % 2 == 0:
+            n, k = n // 2, k + 1
+        return k
+
+    strided = [min(twos(t), downsamplings) for t in total_stride]
+    return tuple(tuple(2 if level >= downsamplings - k else 1 for k in strided) for level in range(downsamplings))
+
+
+def stride_product(strides: Sequence[Sequence[int]]) -> Shape:
+    """Per-axis product of a list of strides (a network's total stride)."""
+    return tuple(math.prod(s[a] for s in strides) for a in range(3))
+
+
+def cumulative_strides(strides: Sequence[Sequence[int]]) -> list[Shape]:
+    """Total stride after each stride: ``[s0, s0*s1, s0*s1*s2, ...]`` per axis."""
+    out, acc = [], (1, 1, 1)
+    for s in strides:
+        acc = tuple(a * int(k) for a, k in zip(acc, s))
+        out.append(acc)
+    return out

@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-from nnunet_ext.architectures.plans import PlanError, PlanSpec, Shape
+from nnunet_ext.architectures.plans import PlanSpec, Shape
 
 Builder = Callable[[PlanSpec, int, int, bool], nn.Module]
 

@@ -12,7 +12,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
 from nnunet_ext.architectures.base import ExtNetwork, scales_from_strides
-from nnunet_ext.architectures.plans import PlanSpec
+from nnunet_ext.architectures.plans import PlanSpec, cumulative_strides
 from nnunet_ext.architectures.registry import register_architecture
 
 
@@ -38,12 +38,8 @@ class SmallUNet(ExtNetwork):
             n_conv_per_stage=[1] * n, num_classes=num_classes, n_conv_per_stage_decoder=[1] * (n - 1),
             conv_bias=True, norm_op=norm_op, norm_op_kwargs={"eps": 1e-5, "affine": True},
             nonlin=nonlin, nonlin_kwargs={"inplace": True}, deep_supervision=deep_supervision)
-        cumulative, acc = [], [1, 1, 1]
-        for s in strides:
-            acc = [a * k for a, k in zip(acc, s)]
-            cumulative.append(tuple(acc))
         # decoder outputs: one per stage except the bottleneck, highest resolution first
-        self.deep_supervision_scales = scales_from_strides(cumulative[:-1])
+        self.deep_supervision_scales = scales_from_strides(cumulative_strides(strides)[:-1])
         self.key_to_encoder = "unet.encoder.stages"
         self.key_to_stem = "unet.encoder.stages.0"
         self.keys_to_in_proj = ("unet.encoder.stages.0.0.convs.0.conv",)

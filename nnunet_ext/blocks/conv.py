@@ -115,11 +115,23 @@ class SegmentationHeads(nn.Module):
     ``forward(features, deep_supervision)``: features is a list of (B, C_i, ...) highest
     resolution first; returns the list of (B, K, ...) logits, or only the first when
     ``deep_supervision`` is False (the other heads are then not run).
+
+    With ``norm_op`` or ``nonlin`` given, each head is norm -> nonlin -> conv1x1x1 (a
+    :class:`ConvNormAct` with ``pre_norm=True``; SegResNet's final block for pre-activation
+    decoders); otherwise a plain conv.
     """
 
-    def __init__(self, channels: Sequence[int], num_classes: int, conv_op: Type[nn.Module] = nn.Conv3d):
+    def __init__(self, channels: Sequence[int], num_classes: int, conv_op: Type[nn.Module] = nn.Conv3d,
+                 norm_op: Type[nn.Module] | None = None, norm_op_kwargs: dict | None = None,
+                 nonlin: Type[nn.Module] | None = None, nonlin_kwargs: dict | None = None):
         super().__init__()
-        self.heads = nn.ModuleList(conv_op(c, num_classes, 1, 1, 0, bias=True) for c in channels)
+        if norm_op is None and nonlin is None:
+            self.heads = nn.ModuleList(conv_op(c, num_classes, 1, 1, 0, bias=True) for c in channels)
+        else:
+            self.heads = nn.ModuleList(
+                ConvNormAct(c, num_classes, 1, conv_op=conv_op, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs,
+                            nonlin=nonlin, nonlin_kwargs=nonlin_kwargs, bias=True, pre_norm=True)
+                for c in channels)
 
     def forward(self, features: Sequence[torch.Tensor], deep_supervision: bool):
         if not deep_supervision:

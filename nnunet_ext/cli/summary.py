@@ -31,7 +31,7 @@ def run(args) -> int:
                          {"params_trainable": s["params_trainable"], "patch_size": s["patch_size"],
                           "strides": s["strides"]}))
         return 0
-    print(f"{s['arch']} at patch {s['patch_size']} (strides {s['strides']}), "
+    print(f"{s['arch']} at patch {s['patch_size']} (nnU-Net plan strides {s['strides']}), "
           f"{args.in_channels} input channel(s), {args.classes} classes")
     print(f"  parameters:            {s['params']:>14,d}  ({s['params'] / 1e6:.2f} M)")
     print(f"  trainable parameters:  {s['params_trainable']:>14,d}")

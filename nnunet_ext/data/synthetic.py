@@ -41,7 +41,7 @@ def write_nifti(array: np.ndarray, path: Path, spacing: Sequence[float], origin:
 
 
 def build_synthetic_dataset(raw_root: str | os.PathLike, dataset_id: int = 901, name: str = "Tiny",
-                            num_train: int = 6, num_test: int = 2, shape: Sequence[int] = (40, 48, 40),
+                            num_train: int = 6, num_test: int = 2, shape: Sequence[int] = (32, 40, 32),
                             spacing: Sequence[float] = (1.5, 1.0, 1.0), seed: int = 0) -> Path:
     """Write ``Dataset{id:03d}_{name}`` (imagesTr, labelsTr, imagesTs, labelsTs, dataset.json).
 

@@ -5,4 +5,17 @@ Public API (one signature each, whatever the back-end):
 - ``selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
   return_last_state=False, backend=None)`` -- mamba-ssm's ``selective_scan_fn`` convention.
 - ``causal_conv1d(x, weight, bias=None, activation=None, backend=None)`` -- ``causal_conv1d_fn``'s.
+
+Back-end selection (``backend=`` or ``$NNUNET_EXT_SCAN_BACKEND``: auto | cuda | fused | torch |
+reference) lives in :mod:`nnunet_ext.ops.backends`. Note: the function names shadow the module
+names ``nnunet_ext.ops.selective_scan`` / ``nnunet_ext.ops.causal_conv1d``; reach the modules
+through ``sys.modules`` or ``importlib.import_module``.
 """
+
+from nnunet_ext.ops.backends import (
+    ENV_VAR, BackendUnavailableError, available_backends, resolve_backend)
+from nnunet_ext.ops.causal_conv1d import causal_conv1d
+from nnunet_ext.ops.selective_scan import selective_scan
+
+__all__ = ["selective_scan", "causal_conv1d", "available_backends", "resolve_backend",
+           "BackendUnavailableError", "ENV_VAR"]

@@ -8,10 +8,12 @@ Short-run variants such as ``UNETRPPTrainer_5epochs`` or ``SmallUNetTrainer_1epo
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ext.trainers.base import AbstractExtTrainer
-from nnunet_ext.trainers.networks import SmallUNetTrainer
+from nnunet_ext.trainers.missu import MISSUTrainer, MISSUTrainerNoDistillation
+from nnunet_ext.trainers.networks import SegMambaTrainer, SegResMambaTrainer, SmallUNetTrainer, UNETRPPTrainer
 from nnunet_ext.trainers.variants import make_variant, parse_variant
 
-__all__ = ["AbstractExtTrainer", "SmallUNetTrainer"]
+__all__ = ["AbstractExtTrainer", "MISSUTrainer", "MISSUTrainerNoDistillation", "SegMambaTrainer",
+           "SegResMambaTrainer", "SmallUNetTrainer", "UNETRPPTrainer"]
 
 
 def __getattr__(name: str):

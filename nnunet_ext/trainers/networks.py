@@ -7,3 +7,25 @@ class SmallUNetTrainer(AbstractExtTrainer):
     """A small plain U-Net from the plans; the spine's proof trainer (fast on CPU)."""
 
     arch = "small_unet"
+
+
+class UNETRPPTrainer(AbstractExtTrainer):
+    """UNETR++ (Shaker et al., IEEE TMI 2024) sized from the plans, trained with nnU-Net's recipe."""
+
+    arch = "unetr_pp"
+
+
+class SegResMambaTrainer(AbstractExtTrainer):
+    """SegResMamba (Das et al., MIDL 2025) sized from the plans, trained with nnU-Net's recipe;
+    no torch.compile (the selective scans do not compile well)."""
+
+    arch = "segresmamba"
+    compile_network = False
+
+
+class SegMambaTrainer(AbstractExtTrainer):
+    """SegMamba (Xing et al., MICCAI 2024) sized from the plans, trained with nnU-Net's recipe;
+    no torch.compile (the selective scans do not compile well)."""
+
+    arch = "segmamba"
+    compile_network = False

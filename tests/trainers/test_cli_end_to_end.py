@@ -49,10 +49,11 @@ def test_2d_configuration_is_refused_with_the_3d_names(tiny_dataset):
 
 def test_indivisible_patch_is_refused_before_any_output(tiny_dataset):
     plans = tiny_dataset.plans()
-    plans["configurations"]["3d_fullres"]["patch_size"] = [42, 48, 40]
+    assert plans["configurations"]["3d_fullres"]["patch_size"] == [32, 40, 32]
+    plans["configurations"]["3d_fullres"]["patch_size"] = [34, 40, 32]
     tiny_dataset.write_plans("nnUNetPlansBadPatch", plans)
     p = tiny_dataset.train("SmallUNetTrainer", 0, "3d_fullres", "-p", "nnUNetPlansBadPatch", check=False)
     assert p.returncode != 0
     assert "not divisible by the network's total stride [8, 8, 8] on axis 0" in p.stderr
-    assert "Set patch_size[0] to a multiple of 8 (e.g. 40 or 48)" in p.stderr
+    assert "Set patch_size[0] to a multiple of 8 (e.g. 32 or 40)" in p.stderr
     assert not tiny_dataset.output_folder("SmallUNetTrainer", plans="nnUNetPlansBadPatch").exists()

@@ -29,7 +29,7 @@ def test_variant_classes_are_cached_subclasses():
 def test_variant_sets_epochs_and_iterations(tiny_dataset):
     import json
 
-    plans = tiny_dataset.plans()
+    plans = dict(tiny_dataset.plans(), continue_training=False)  # nnUNetv2_train inserts this key
     ds_json = json.loads((tiny_dataset.plans_file.parent / "dataset.json").read_text())
     t = trainers.SmallUNetTrainer_3epochs_20iters(plans, "3d_fullres", 0, ds_json, torch.device("cpu"))
     assert (t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch) == (3, 20, 4)

@@ -1,0 +1,214 @@
+"""Mamba blocks: the selective SSM core, the Mamba mixer, tri-oriented Mamba (ToM) and the
+residual Mamba layer used by SegMamba and SegResMamba.
+
+Shapes (E = expand * C, N = d_state, L = Z * Y * X tokens):
+
+- :class:`SelectiveSSM`: x, z (B, E, L) -> y (B, E, L): causal depthwise conv1d -> SiLU ->
+  x_proj -> dt_proj -> selective scan with the gate SiLU(z) (one scan direction).
+- :class:`MambaMixer`: tokens (B, L, C) -> (B, L, C) (Gu & Dao, "Mamba", arXiv 2312.00752, Fig. 3).
+- :class:`TriOrientedMamba`: (B, C, Z, Y, X) -> (B, C, Z, Y, X) (SegMamba, Xing et al., MICCAI 2024,
+  "ToM"): one shared in_proj/out_proj, one :class:`SelectiveSSM` per token order.
+- :class:`MambaLayer`: (B, C, Z, Y, X) -> x + ToM(LayerNorm_C(x)).
+
+The three token orders are derived from each feature map's own shape (see :func:`to_order`),
+never from hard-coded slice counts. Every scan goes through :func:`nnunet_ext.ops.selective_scan`
+and every short convolution through :func:`nnunet_ext.ops.causal_conv1d`, which pick the CUDA
+kernels or our PyTorch code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunet_ext.ops import causal_conv1d, selective_scan
+
+#: token orders of ToM: forward raster (Z, Y, X flattened, X fastest), the same reversed, and
+#: inter-slice (the depth index Z fastest: the tokens of one in-plane position are neighbours)
+DIRECTIONS = ("raster", "reversed", "inter_slice")
+
+
+# ---------------------------------------------------------------------------- token orders
+def to_order(t: torch.Tensor, spatial_shape: Sequence[int], direction: str) -> torch.Tensor:
+    """Reorder the last axis of ``t`` (..., L), given in raster order of ``spatial_shape`` (Z, Y, X),
+    into ``direction``'s token order. Returns a new (..., L) tensor."""
+    z, y, x = (int(s) for s in spatial_shape)
+    if direction == "raster":
+        return t
+    if direction == "reversed":
+        return t.flip(-1)
+    if direction == "inter_slice":
+        # (.., Z, Y*X) -> (.., Y*X, Z): position (y, x) outer, depth z inner
+        return t.unflatten(-1, (z, y * x)).transpose(-1, -2).flatten(-2)
+    raise ValueError(f"unknown token order '{direction}'; known: {', '.join(DIRECTIONS)}")
+
+
+def from_order(t: torch.Tensor, spatial_shape: Sequence[int], direction: str) -> torch.Tensor:
+    """Inverse of :func:`to_order`: (..., L) in ``direction``'s order -> (..., L) in raster order."""
+    z, y, x = (int(s) for s in spatial_shape)
+    if direction in ("raster", "reversed"):
+        return to_order(t, spatial_shape, direction)  # both are involutions
+    if direction == "inter_slice":
+        return t.unflatten(-1, (y * x, z)).transpose(-1, -2).flatten(-2)
+    raise ValueError(f"unknown token order '{direction}'; known: {', '.join(DIRECTIONS)}")
+
+
+def order_permutation(spatial_shape: Sequence[int], direction: str) -> torch.Tensor:
+    """``perm`` (L,) with ``to_order(t)[..., k] == t[..., perm[k]]``: the raster index of the k-th token."""
+    n = math.prod(int(s) for s in spatial_shape)
+    return to_order(torch.arange(n), spatial_shape, direction)
+
+
+# ---------------------------------------------------------------------------- the SSM core
+class SelectiveSSM(nn.Module):
+    """One scan direction of a Mamba mixer (everything between in_proj and out_proj).
+
+    ``forward(x, z)``: x, z (B, E, L) -> y (B, E, L), with
+    x' = SiLU(causal_conv1d(x)); (dt, B, C) = x_proj(x'); delta = dt_proj.weight @ dt;
+    y = selective_scan(x', delta, A = -exp(A_log), B, C, D, z, delta_bias = dt_proj.bias,
+    delta_softplus=True) = scan(x') * SiLU(z).
+
+    Initialisation as in Mamba's reference module (arXiv 2312.00752; ``mamba_simple.Mamba``): A_log = log(1..N) per
+    channel (S4D-real), D = 1, dt_proj bias = softplus^-1(dt) with dt log-uniform in
+    [dt_min, dt_max] (floored at ``dt_init_floor``), dt_proj weight uniform(+-dt_rank^-0.5 * dt_scale).
+    """
+
+    def __init__(self, d_inner: int, d_state: int = 16, d_conv: int = 4, dt_rank: int = 1,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, dt_scale: float = 1.0,
+                 dt_init_floor: float = 1e-4, conv_bias: bool = True):
+        super().__init__()
+        self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, dt_rank
+        # depthwise causal conv; its weight (E, 1, W) is passed as (E, W) to causal_conv1d
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, bias=conv_bias, padding=d_conv - 1)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(d_inner))
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self.reset_ssm_parameters(dt_min, dt_max, dt_scale, dt_init_floor)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_scale: float = 1.0,
+                             dt_init_floor: float = 1e-4) -> None:
+        """Mamba's initialisation of dt_proj, A_log and D (see the class docstring)."""
+        std = self.dt_rank ** -0.5 * dt_scale
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dev = self.dt_proj.bias.device
+        log_dt = torch.rand(self.d_inner, device=dev) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32, device=dev)).expand(
+            self.d_inner, -1))
+        self.D.fill_(1.0)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        x = causal_conv1d(x, self.conv1d.weight.flatten(1), self.conv1d.bias, activation="silu")
+        x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
+        dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (B, E, L), L contiguous
+        b = b.transpose(1, 2).contiguous()  # (B, N, L)
+        c = c.transpose(1, 2).contiguous()
+        A = -torch.exp(self.A_log.float())  # (E, N)
+        return selective_scan(x, delta, A, b, c, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+                              delta_softplus=True)
+
+
+def _dt_rank(d_model: int, dt_rank: int | str) -> int:
+    return math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+
+
+def _project_in(in_proj: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
+    """tokens (B, L, C) -> in_proj(tokens) as (B, 2E, L), contiguous along L (the layout the
+    scan and conv kernels want, without a transposed copy)."""
+    xz = torch.matmul(in_proj.weight, tokens.transpose(1, 2))
+    return xz if in_proj.bias is None else xz + in_proj.bias[:, None].to(xz.dtype)
+
+
+# ---------------------------------------------------------------------------- mixers
+class MambaMixer(nn.Module):
+    """The Mamba block (Gu & Dao, arXiv 2312.00752, Fig. 3): tokens (B, L, C) -> (B, L, C).
+
+    in_proj (C -> 2E, split into x and gate z) -> :class:`SelectiveSSM` -> out_proj (E -> C),
+    E = expand * C. Defaults are Mamba's (d_state 16, d_conv 4, expand 2, dt_rank ceil(C/16)).
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False):
+        super().__init__()
+        self.d_model, self.d_inner = d_model, int(expand * d_model)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.ssm = SelectiveSSM(self.d_inner, d_state, d_conv, _dt_rank(d_model, dt_rank), dt_min, dt_max,
+                                dt_init_floor=dt_init_floor, conv_bias=conv_bias)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x, z = _project_in(self.in_proj, tokens).chunk(2, dim=1)  # (B, E, L) each
+        y = self.ssm(x, z)  # (B, E, L)
+        return self.out_proj(y.transpose(1, 2))
+
+
+class TriOrientedMamba(nn.Module):
+    """ToM (SegMamba, Xing et al., MICCAI 2024): (B, C, Z, Y, X) -> (B, C, Z, Y, X).
+
+    The feature map is flattened to tokens in three orders (:data:`DIRECTIONS`); a shared in_proj
+    (C -> 2E) feeds one :class:`SelectiveSSM` per order (own conv1d, x_proj, dt_proj, A_log, D, as
+    in the public code); each result is mapped back to raster order, the three are summed, and a
+    shared out_proj (E -> C) follows. The orders come from the input's own (Z, Y, X).
+    """
+
+    def __init__(self, channels: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | str = "auto", directions: Sequence[str] = DIRECTIONS,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, bias: bool = False):
+        super().__init__()
+        for d in directions:
+            if d not in DIRECTIONS:
+                raise ValueError(f"unknown token order '{d}'; known: {', '.join(DIRECTIONS)}")
+        self.channels, self.d_inner = channels, int(expand * channels)
+        self.directions = tuple(directions)
+        self.in_proj = nn.Linear(channels, 2 * self.d_inner, bias=bias)
+        self.ssm = nn.ModuleDict({
+            d: SelectiveSSM(self.d_inner, d_state, d_conv, _dt_rank(channels, dt_rank), dt_min, dt_max,
+                            dt_init_floor=dt_init_floor, conv_bias=conv_bias)
+            for d in self.directions})
+        self.out_proj = nn.Linear(self.d_inner, channels, bias=bias)
+
+    def forward_tokens(self, tokens: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+        """tokens (B, L, C) in raster order of ``spatial_shape`` (Z, Y, X) -> (B, L, C)."""
+        xz = _project_in(self.in_proj, tokens)  # (B, 2E, L)
+        y = None
+        for d in self.directions:
+            x_d, z_d = to_order(xz, spatial_shape, d).chunk(2, dim=1)
+            y_d = from_order(self.ssm[d](x_d, z_d), spatial_shape, d)
+            y = y_d if y is None else y + y_d
+        return self.out_proj(y.transpose(1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[2:]
+        out = self.forward_tokens(x.flatten(2).transpose(1, 2), shape)  # (B, L, C)
+        return out.transpose(1, 2).reshape(x.shape)
+
+
+class MambaLayer(nn.Module):
+    """Pre-norm residual ToM: (B, C, Z, Y, X) -> x + ToM(LayerNorm(x)), LayerNorm over channels
+    (SegMamba, Xing et al., MICCAI 2024; the public code's ``MambaLayer``)."""
+
+    def __init__(self, channels: int, d_state: int = 16, d_conv: int = 4, expand: int = 2):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.mixer = TriOrientedMamba(channels, d_state, d_conv, expand)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(x.flatten(2).transpose(1, 2))  # (B, L, C)
+        out = self.mixer.forward_tokens(tokens, x.shape[2:])
+        return x + out.transpose(1, 2).reshape(x.shape)
+
+
+__all__ = ["DIRECTIONS", "MambaLayer", "MambaMixer", "SelectiveSSM", "TriOrientedMamba", "from_order",
+           "order_permutation", "to_order"]

@@ -1,0 +1,58 @@
+"""``nnunet-ext evaluate``: Dice, HD95 and NSD per case and class of a prediction folder.
+
+Writes the JSON (schema in :mod:`nnunet_ext.evaluation.folder`) and a CSV, each complete or not
+at all, and prints the per-class means as a markdown table.
+"""
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="Dice, HD95 and normalised surface distance of a prediction folder",
+                       description="Per case and class Dice, HD95 (mm) and normalised surface distance (NSD) "
+                                   "of the predictions in --pred against the same-named references in --gt, "
+                                   "with the voxel spacing read from the images. Empty masks: both empty -> "
+                                   "NaN for all three (skipped in means); exactly one empty -> Dice 0, "
+                                   "HD95 inf, NSD 0.")
+    p.add_argument("--gt", required=True, metavar="DIR", help="reference label maps (e.g. labelsTs)")
+    p.add_argument("--pred", required=True, metavar="DIR", help="predictions with the references' file names")
+    p.add_argument("--labels", nargs="+", metavar="L",
+                   help="classes to score (default: those of --dataset-json, else every non-zero label "
+                        "in the references)")
+    p.add_argument("--dataset-json", metavar="FILE", help="nnU-Net dataset.json: class names, ignore label, "
+                                                          "default classes (regions supported)")
+    p.add_argument("--tolerance", type=float, default=1.0, metavar="MM", help="NSD tolerance in mm (default 1)")
+    p.add_argument("--out", metavar="FILE", help="JSON output (default: PRED/evaluation.json)")
+    p.add_argument("--csv", metavar="FILE", help="CSV output (default: the JSON's path with .csv)")
+    p.add_argument("--num-processes", type=int, metavar="N",
+                   help="worker processes (default: nnU-Net's default, at most the CPU count)")
+    p.add_argument("--file-ending", default=".nii.gz", help="file ending of the label maps (default .nii.gz)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from nnunet_ext.evaluation.folder import (EvaluationError, evaluate_folders, format_summary, parse_labels,
+                                              write_csv, write_json)
+
+    out = Path(args.out) if args.out else Path(args.pred) / "evaluation.json"
+    csv_path = Path(args.csv) if args.csv else out.with_name(out.name.removesuffix(".json") + ".csv")
+    if out.resolve() == csv_path.resolve():
+        raise SystemExit(f"nnunet-ext evaluate: --out and --csv are the same file '{out}'; give --csv another name")
+    if args.num_processes is not None and args.num_processes < 1:
+        raise SystemExit(f"nnunet-ext evaluate: --num-processes must be >= 1, got {args.num_processes}")
+    try:
+        labels = parse_labels(args.labels) if args.labels else None
+        result = evaluate_folders(args.gt, args.pred, labels=labels, tolerance_mm=args.tolerance,
+                                  dataset_json=args.dataset_json, num_processes=args.num_processes,
+                                  file_ending=args.file_ending, progress=not args.quiet)
+    except EvaluationError as e:
+        raise SystemExit(f"nnunet-ext evaluate: {e}") from None
+    write_json(result, out)
+    write_csv(result, csv_path)
+    print(f"{len(result['cases'])} cases, NSD tolerance {result['tolerance_mm']:g} mm")
+    print(format_summary(result))
+    if result["ignored_predictions"]:
+        print(f"ignored {len(result['ignored_predictions'])} prediction(s) without a reference")
+    print(f"wrote {out} and {csv_path}")
+    return 0

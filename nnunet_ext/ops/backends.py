@@ -1,0 +1,179 @@
+"""Which implementation runs an op: back-end names, availability probes and the forcing switch.
+
+Back-ends of :func:`nnunet_ext.ops.selective_scan` (and, where one exists, of
+:func:`nnunet_ext.ops.causal_conv1d`):
+
+- ``cuda``: mamba-ssm's ``selective_scan_fn`` / causal-conv1d's ``causal_conv1d_fn`` -- CUDA
+  tensors only, needs the optional ``[cuda]`` extra (GPU machines).
+- ``fused``: the numba CPU kernel in :mod:`nnunet_ext.ops.scan_fused` -- CPU tensors only.
+- ``torch``: our blocked PyTorch scan -- any device (also the meta device).
+- ``reference``: the plain sequential loop of :mod:`nnunet_ext.ops.reference` -- tests only.
+
+``auto`` (the default) picks ``cuda`` for CUDA tensors when the kernels load, ``fused`` for CPU
+tensors when it imports, else ``torch``; meta tensors always go to ``torch``. Force a back-end
+with the ``backend=`` argument or the environment variable ``NNUNET_EXT_SCAN_BACKEND``.
+
+Optional packages are probed lazily and at most once per process; a broken install (for example
+mamba-ssm built without its CUDA ops, whose import raises ``No module named
+'selective_scan_cuda'``) counts as "not available", it never breaks ``import nnunet_ext``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+#: environment variable that forces a back-end (same values as the ``backend=`` argument)
+ENV_VAR = "NNUNET_EXT_SCAN_BACKEND"
+#: every name ``backend=`` / the environment variable accepts
+BACKENDS = ("auto", "cuda", "fused", "torch", "reference")
+
+_CUDA_HINT = ('install the CUDA kernels on a GPU machine with `pip install "nnunet-ext[cuda]"` '
+              "(mamba-ssm and causal-conv1d compile against your torch/CUDA pair)")
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced back-end cannot run here (missing package, or tensors on the wrong device)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# probes (cached: each optional import is tried once per process)
+# ---------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _probe_mamba_ssm():
+    """``(selective_scan_fn, None)`` when mamba-ssm's CUDA op loads, else ``(None, reason)``."""
+    try:
+        mod = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+        fn = mod.selective_scan_fn
+    except Exception as e:  # ModuleNotFoundError('selective_scan_cuda'), OSError from .so, ...
+        return None, f"{type(e).__name__}: {e}"
+    return fn, None
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_causal_conv1d():
+    try:
+        mod = importlib.import_module("causal_conv1d")
+        fn = mod.causal_conv1d_fn
+        if fn is None:
+            raise ImportError("causal_conv1d.causal_conv1d_fn is None (CUDA op missing)")
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
+    return fn, None
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_fused():
+    """``(module, None)`` when our numba kernel imports and says it can run, else ``(None, reason)``."""
+    try:
+        mod = importlib.import_module("nnunet_ext.ops.scan_fused")
+        ok = bool(mod.fused_available())
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
+    if not ok:
+        return None, "nnunet_ext.ops.scan_fused.fused_available() is False (numba missing or broken)"
+    return mod, None
+
+
+def mamba_ssm_scan():
+    """mamba-ssm's ``selective_scan_fn`` when its CUDA op loads, else ``None``."""
+    return _probe_mamba_ssm()[0]
+
+
+def causal_conv1d_cuda_fn():
+    """causal-conv1d's ``causal_conv1d_fn`` when it imports, else ``None``."""
+    return _probe_causal_conv1d()[0]
+
+
+def fused_scan():
+    """``nnunet_ext.ops.scan_fused.selective_scan_fused`` when available, else ``None``."""
+    mod = _probe_fused()[0]
+    return None if mod is None else mod.selective_scan_fused
+
+
+def clear_cache() -> None:
+    """Forget the probes (tests that fake or remove optional packages call this)."""
+    _probe_mamba_ssm.cache_clear()
+    _probe_causal_conv1d.cache_clear()
+    _probe_fused.cache_clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# selection
+# ---------------------------------------------------------------------------------------------
+
+def _device_type(device) -> str:
+    if isinstance(device, torch.Tensor):
+        device = device.device
+    return torch.device(device).type
+
+
+def available_backends(device="cpu", op: str = "scan") -> list[str]:
+    """Back-ends that can run ``op`` ('scan' or 'conv') on ``device``, fastest first.
+
+    'reference' (scan only) is always listed last; for 'conv' there is no fused or reference one.
+    """
+    kind = _device_type(device)
+    if op not in ("scan", "conv"):
+        raise ValueError(f"available_backends: op must be 'scan' or 'conv', got {op!r}")
+    names = []
+    if kind == "cuda":
+        if (mamba_ssm_scan() if op == "scan" else causal_conv1d_cuda_fn()) is not None:
+            names.append("cuda")
+    if kind == "cpu" and op == "scan" and fused_scan() is not None:
+        names.append("fused")
+    names.append("torch")
+    if op == "scan":
+        names.append("reference")
+    return names
+
+
+def requested_backend(backend: str | None = None) -> str:
+    """The back-end asked for: the argument, else ``$NNUNET_EXT_SCAN_BACKEND``, else 'auto'."""
+    name = backend if backend is not None else os.environ.get(ENV_VAR, "").strip() or "auto"
+    name = name.lower()
+    if name not in BACKENDS:
+        src = "backend=" if backend is not None else f"${ENV_VAR}"
+        raise ValueError(f"{src}{name!r} is not a scan back-end; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def resolve_backend(tensor, backend: str | None = None, op: str = "scan") -> str:
+    """The back-end that runs ``op`` ('scan' or 'conv') for ``tensor`` (or a device).
+
+    ``backend`` (or ``$NNUNET_EXT_SCAN_BACKEND``) forces one; a forced back-end that cannot run
+    raises :class:`BackendUnavailableError` naming the fix. Meta tensors always resolve to
+    'torch' (shape-only runs such as ``nnunet-ext summary``).
+    """
+    name = requested_backend(backend)
+    kind = _device_type(tensor)
+    if kind == "meta":
+        return "torch"
+    if name == "auto":
+        return available_backends(kind, op)[0]
+    if op == "conv" and name in ("fused", "reference"):
+        return "torch"  # causal conv1d has only the CUDA kernel and our PyTorch version
+    if name == "cuda":
+        if kind != "cuda":
+            raise BackendUnavailableError(
+                f"scan back-end 'cuda' needs CUDA tensors, got {kind} tensors; "
+                f"unset {ENV_VAR} or pass backend='auto'")
+        probe = _probe_mamba_ssm() if op == "scan" else _probe_causal_conv1d()
+        if probe[0] is None:
+            pkg = "mamba-ssm" if op == "scan" else "causal-conv1d"
+            raise BackendUnavailableError(
+                f"scan back-end 'cuda' needs {pkg} with its CUDA ops ({probe[1]}); {_CUDA_HINT}")
+    if name == "fused":
+        if kind != "cpu":
+            raise BackendUnavailableError(
+                f"scan back-end 'fused' is a CPU kernel, got {kind} tensors; use 'auto' or 'torch'")
+        probe = _probe_fused()
+        if probe[0] is None:
+            raise BackendUnavailableError(
+                f"scan back-end 'fused' is not available ({probe[1]}); "
+                "it needs numba (`pip install numba`) and nnunet_ext.ops.scan_fused")
+    return name

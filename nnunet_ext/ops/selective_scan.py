@@ -1,0 +1,345 @@
+"""The Mamba-1 selective scan: one function, several back-ends (see :mod:`nnunet_ext.ops.backends`).
+
+    h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t,     y_t = <C_t, h_t> + D u_t,     out = y ⊙ SiLU(z)
+    Δ = softplus(Δ_raw + delta_bias)  (softplus only with ``delta_softplus=True``)
+
+Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces" (2023), Alg. 2.
+
+The PyTorch back-end (``torch``) is a *blocked* scan, written as one ``autograd.Function``:
+
+- Tokens are cut into blocks of ``T`` (:data:`BLOCK`). Inside a block the recurrence has a closed
+  form from the cumulative sum of Δ·A; since A is (E, N) and Δ is (B, E, L), that cumsum is
+  ``cumsum(Δ) ⊗ A``, a cumsum over a small (B, E, L) tensor. With ``S_t`` the in-block cumsum and
+  ``c`` its value at the block's middle token,
+
+      h_t = e_t · (K + Σ_{s≤t} x_s / e_s),   e_t = exp(S_t − c),   K = exp(c) · h_{block start},
+
+  where ``x_s = Δ_s B_s u_s``. Every exponent is bounded by ``M`` = :data:`EXP_BOUND` (checked per
+  (batch, channel, block, state) from the cumsum of Δ); rows whose Δ·A is too large for that
+  (states that forget within a few tokens) are redone exactly by a T-step loop over just those
+  rows. Nothing exponentiates a large positive number and nothing forms an L×L or T×T matrix.
+- The state between blocks is carried by a Python loop over L/T blocks (one ``addcmul`` each).
+- The sequence is processed in segments of about :data:`SEGMENT_ELEMS` state elements, so the
+  (B, E, ·, N) temporaries stay in cache and the extra memory is independent of L.
+- Forward saves only its inputs and the state at each block start (1/T of the states); backward
+  recomputes each segment's states and runs the adjoint recurrence
+  ``λ_t = C_t g_t + exp(Δ_{t+1} A) λ_{t+1}`` with the same blocked code on time-reversed
+  segments, then forms dU, dΔ, dA, dB, dC by reductions.
+
+Computation is float32 (float64 for float64 input), autocast disabled; the output is cast back
+to u's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nnunet_ext.ops import backends
+
+#: tokens per block of the PyTorch scan (chosen by measurement, see `nnunet-ext benchmark-scan`)
+BLOCK = 32
+#: bound on |exponent| inside a block; rows beyond it take the exact loop (e^40 ≈ 2e17, far from
+#: float32's 3e38 and from its subnormals, so products of gradients and factors stay exact)
+EXP_BOUND = 40.0
+#: state elements (B·E·N·tokens) per segment on CPU: ~4 MB float32 tensors that stay in L2/L3
+SEGMENT_ELEMS = 1 << 20
+#: the same on GPUs, where larger launches pay off (extra memory ~10 such tensors, ~1.3 GB)
+SEGMENT_ELEMS_CUDA = 1 << 25
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry point
+# ---------------------------------------------------------------------------------------------
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, backend=None):
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` convention.
+
+    Args:
+        u: (B, E, L) input.
+        delta: (B, E, L) step size Δ (before ``delta_bias`` / softplus).
+        A: (E, N) real state matrix (Mamba: ``-exp(A_log)``).
+        B, C: (B, N, L) input-dependent projections.
+        D: optional (E,) skip.  z: optional (B, E, L) gate, ``y * silu(z)``.
+        delta_bias: optional (E,) added to Δ before softplus.
+        delta_softplus: apply softplus to Δ.
+        return_last_state: also return the final state (B, E, N), float32.
+        backend: None/'auto' | 'cuda' | 'fused' | 'torch' | 'reference'; None reads
+            ``$NNUNET_EXT_SCAN_BACKEND``.
+
+    Returns:
+        y (B, E, L) in u's dtype, and the last state (B, E, N) if ``return_last_state``.
+    """
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    name = backends.resolve_backend(u, backend, op="scan")
+    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                  return_last_state=return_last_state)
+    if name == "cuda":
+        return backends.mamba_ssm_scan()(u, delta, A, B, C, **kwargs)
+    if name == "fused":
+        return backends.fused_scan()(u, delta, A, B, C, **kwargs)
+    if name == "reference":
+        from nnunet_ext.ops.reference import selective_scan_sequential
+        return selective_scan_sequential(u, delta, A, B, C, **kwargs)
+    return selective_scan_torch(u, delta, A, B, C, **kwargs)
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
+    def fail(msg):
+        raise ValueError(f"selective_scan: {msg}")
+
+    if u.dim() != 3:
+        fail(f"u must be (batch, channels E, length L), got shape {tuple(u.shape)}")
+    b, e, length = u.shape
+    if tuple(delta.shape) != (b, e, length):
+        fail(f"delta must have u's shape {(b, e, length)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != e or A.is_complex():
+        fail(f"A must be real (E, N) = ({e}, N), got {tuple(A.shape)} {A.dtype}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if tuple(t.shape) != (b, n, length):
+            fail(f"{name} must be input-dependent (batch, N, L) = {(b, n, length)}, got {tuple(t.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (e,):
+            fail(f"{name} must be (E,) = ({e},), got {tuple(t.shape)}")
+    if z is not None and tuple(z.shape) != (b, e, length):
+        fail(f"z must have u's shape {(b, e, length)}, got {tuple(z.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the PyTorch back-end
+# ---------------------------------------------------------------------------------------------
+
+def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         return_last_state=False, block: int = BLOCK):
+    """The blocked PyTorch scan (the ``torch`` back-end); same arguments and shapes as
+    :func:`selective_scan`, plus ``block`` (tokens per block, T)."""
+    dtype = u.dtype
+    if u.device.type == "meta":  # shape-only run (nnunet-ext summary): no values to compute
+        y = torch.empty_like(u)
+        last = u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
+        return (y, last) if return_last_state else y
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        u_, delta_, A_, B_, C_ = (t.to(ct) for t in (u, delta, A, B, C))
+        if delta_bias is not None:
+            delta_ = delta_ + delta_bias.to(ct)[:, None]
+        if delta_softplus:
+            delta_ = F.softplus(delta_)
+        y, last = _BlockedScan.apply(u_, delta_, A_, B_, C_, int(block))
+        if D is not None:
+            y = y + D.to(ct)[:, None] * u_
+        if z is not None:
+            y = y * F.silu(z.to(ct))
+    y = y.to(dtype)
+    return (y, last) if return_last_state else y
+
+
+class _BlockedScan(torch.autograd.Function):
+    """y_t = <C_t, h_t>, h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t; inputs already in compute dtype.
+
+    forward(u (B,E,L), delta (B,E,L), A (E,N), B (B,N,L), C (B,N,L), block) -> y (B,E,L), h_L (B,E,N)
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, Bm, Cm, block):
+        bsz, e, length = u.shape
+        n = A.shape[1]
+        T = max(1, min(block, length))
+        nblk = -(-length // T)
+        lp = nblk * T
+        pad = lp - length
+        # padded tokens have Δ = 0 and u = 0: the state passes through them unchanged.
+        # delta gets one extra zero token: backward reads Δ_{t+1}.
+        u_p = F.pad(u, (0, pad))
+        d_p = F.pad(delta, (0, pad + 1))
+        bt = F.pad(Bm, (0, pad)).transpose(1, 2).contiguous()  # (B, Lp, N)
+        ctt = F.pad(Cm, (0, pad)).transpose(1, 2).contiguous()
+        w = u_p * d_p[..., :lp]  # Δ u, (B, E, Lp)
+
+        seg_elems = SEGMENT_ELEMS if u.device.type == "cpu" else SEGMENT_ELEMS_CUDA
+        seg = max(1, seg_elems // (bsz * e * n * T))
+        y = u.new_empty(bsz, e, lp)
+        h_in = u.new_empty(bsz, e, nblk, n)  # state at each block start (for backward)
+        state = u.new_zeros(bsz, e, n)
+        for j0 in range(0, nblk, seg):
+            j1 = min(nblk, j0 + seg)
+            nb, s0, s1 = j1 - j0, j0 * T, j1 * T
+            dlb = d_p[:, :, s0:s1].reshape(bsz, e, nb, T)
+            xb = w[:, :, s0:s1].reshape(bsz, e, nb, T, 1) * bt[:, None, s0:s1].reshape(bsz, 1, nb, T, n)
+            h, hin, state = _scan_blocks(dlb, xb, A, state)
+            h_in[:, :, j0:j1] = hin
+            torch.sum(h.mul_(ctt[:, None, s0:s1].reshape(bsz, 1, nb, T, n)), dim=-1,
+                      out=y[:, :, s0:s1].view(bsz, e, nb, T))
+        ctx.save_for_backward(u_p, d_p, A, bt, ctt, h_in)
+        ctx.shape = (bsz, e, n, length, T, nblk, seg)
+        return y[:, :, :length], state
+
+    @staticmethod
+    def backward(ctx, gy, glast):
+        with torch.autocast(device_type=ctx.saved_tensors[0].device.type, enabled=False):
+            return _BlockedScan._backward(ctx, gy, glast)
+
+    @staticmethod
+    def _backward(ctx, gy, glast):
+        u_p, d_p, A, bt, ctt, h_in = ctx.saved_tensors
+        bsz, e, n, length, T, nblk, seg = ctx.shape
+        lp = nblk * T
+        g = u_p.new_zeros(bsz, e, lp)
+        if gy is not None:
+            g[:, :, :length] = gy
+        lam = glast.to(u_p.dtype).contiguous() if glast is not None else u_p.new_zeros(bsz, e, n)
+        w = u_p * d_p[..., :lp]
+
+        s_bc = u_p.new_empty(bsz, e, lp)     # Σ_n λ B   -> du, dΔ
+        s_da = u_p.new_empty(bsz, e, lp)     # Σ_n A λ α h_{t-1} -> dΔ
+        d_bt = u_p.new_empty(bsz, lp, n)
+        d_ct = u_p.new_empty(bsz, lp, n)
+        d_a = u_p.new_zeros(e, n)
+        for j0 in reversed(range(0, nblk, seg)):
+            j1 = min(nblk, j0 + seg)
+            nb, s0, s1 = j1 - j0, j0 * T, j1 * T
+            ls = s1 - s0
+            b_seg = bt[:, None, s0:s1]          # (B, 1, Ls, N)
+            c_seg = ctt[:, None, s0:s1]
+            # forward states h_t and α_t h_{t-1}, from the saved block-start states
+            dlb = d_p[:, :, s0:s1].reshape(bsz, e, nb, T)
+            xb = w[:, :, s0:s1].reshape(bsz, e, nb, T, 1) * b_seg.reshape(bsz, 1, nb, T, n)
+            h, ahp = _states_known_start(dlb, xb, A, h_in[:, :, j0:j1])
+            # adjoint λ_t = C_t g_t + exp(Δ_{t+1} A) λ_{t+1}: the same scan on reversed time
+            dlr = d_p[:, :, s0 + 1:s1 + 1].flip(-1).reshape(bsz, e, nb, T)
+            mur = (g[:, :, s0:s1].flip(-1).reshape(bsz, e, nb, T, 1)
+                   * c_seg.flip(2).reshape(bsz, 1, nb, T, n))
+            lamr, _, lam = _scan_blocks(dlr, mur, A, lam)
+            lam_f = lamr.flip((2, 3)).reshape(bsz, e, ls, n)
+            h = h.view(bsz, e, ls, n)
+            ahp = ahp.view(bsz, e, ls, n)
+            # reductions
+            torch.sum(h.mul_(g[:, :, s0:s1, None]), dim=1, out=d_ct[:, s0:s1])
+            torch.sum(lam_f * b_seg, dim=-1, out=s_bc[:, :, s0:s1])
+            torch.sum(lam_f.mul(w[:, :, s0:s1, None]), dim=1, out=d_bt[:, s0:s1])
+            da = ahp.mul_(lam_f)  # dL/d(Δ_t A) per state
+            d_a += torch.matmul(d_p[:, :, None, s0:s1], da).sum(0).squeeze(-2)
+            torch.sum(da.mul_(A[:, None, :]), dim=-1, out=s_da[:, :, s0:s1])
+        du = (s_bc * d_p[..., :lp])[:, :, :length]
+        ddelta = (s_bc * u_p + s_da)[:, :, :length]
+        d_b = d_bt[:, :length].transpose(1, 2)
+        d_c = d_ct[:, :length].transpose(1, 2)
+        return du, ddelta, d_a, d_b, d_c, None
+
+
+# ---------------------------------------------------------------------------------------------
+# blocked closed form
+# ---------------------------------------------------------------------------------------------
+
+def _block_factors(dlb, A):
+    """In-block exponents from the cumsum of Δ.
+
+    dlb (B, E, nb, T) -> (cum (B,E,nb,T), c (B,E,nb) reference, unsafe (B,E,nb,N) bool or None).
+    The exponents used are (cum - c)·A and c·A; a (b, e, block, n) row is unsafe when one of
+    them can exceed :data:`EXP_BOUND` in magnitude.
+    """
+    T = dlb.shape[-1]
+    cum = dlb.cumsum(-1)
+    c = cum[..., (T - 1) // 2]
+    span = torch.maximum((cum - c[..., None]).abs().amax(-1), c.abs())  # (B, E, nb)
+    unsafe = span[..., None] * A.abs()[:, None, :] > EXP_BOUND
+    return cum, c, (unsafe if bool(unsafe.any()) else None)
+
+
+def _scan_blocks(dlb, xb, A, h0):
+    """Scan from a given initial state; block-start states found by the carry loop.
+
+    dlb (B, E, nb, T) Δ; xb (B, E, nb, T, N) inputs x_t (overwritten); A (E, N); h0 (B, E, N).
+    Returns h (B, E, nb, T, N) (``xb``'s storage), block-start states (B, E, nb, N), h_end (B, E, N).
+    """
+    cum, c, unsafe = _block_factors(dlb, A)
+    T = dlb.shape[-1]
+    rows = _gather_rows(unsafe, dlb, xb, A) if unsafe is not None else None
+    ex = (cum - c[..., None])[..., None] * A[:, None, None, :]   # (cum_t - c)·A
+    if rows is not None:
+        ex.clamp_(-EXP_BOUND, EXP_BOUND)  # unsafe rows are recomputed below; keep them finite
+    ex.exp_()
+    q = xb.div_(ex).cumsum_(3)                                    # Σ_{s≤t} x_s e^{c - S_s}
+    g_end = ex[..., T - 1, :] * q[..., T - 1, :]                  # block-local state at its end
+    p_blk = torch.exp(cum[..., T - 1, None] * A[:, None, :])                # decay over the whole block
+    if rows is not None:
+        idx, a_r, x_r = rows
+        h_r = _loop_rows(a_r, x_r, None)[0]
+        g_end[idx] = h_r[:, -1]
+    h_start, h_end = _carry(p_blk, g_end, h0)
+    k = c[..., None] * A[:, None, :]                              # c·A (B, E, nb, N)
+    if rows is not None:
+        k.clamp_(-EXP_BOUND, EXP_BOUND)
+    k = k.exp_().mul_(h_start)                                     # e^{c A} h_start
+    h = q.add_(k[..., None, :]).mul_(ex)
+    if rows is not None:
+        hs = h_start[idx]
+        h[idx[0], idx[1], idx[2], :, idx[3]] = h_r + torch.exp(a_r.cumsum(1)) * hs[:, None]
+    return h, h_start, h_end
+
+
+def _states_known_start(dlb, xb, A, h_start):
+    """States and α_t h_{t-1} when each block's start state is known (backward recompute).
+
+    dlb (B, E, nb, T); xb (B, E, nb, T, N); h_start (B, E, nb, N).
+    Returns h, α_t·h_{t-1}, both (B, E, nb, T, N).
+    """
+    bsz, e, nb, T, n = xb.shape
+    cum, c, unsafe = _block_factors(dlb, A)
+    rows = _gather_rows(unsafe, dlb, xb, A) if unsafe is not None else None
+    ex = (cum - c[..., None])[..., None] * A[:, None, None, :]
+    k = c[..., None] * A[:, None, :]                              # c·A (B, E, nb, N)
+    if rows is not None:
+        ex.clamp_(-EXP_BOUND, EXP_BOUND)
+        k.clamp_(-EXP_BOUND, EXP_BOUND)
+    ex.exp_()
+    qb = xb.new_empty(bsz, e, nb, T + 1, n)
+    torch.mul(k.exp_(), h_start, out=qb[..., 0, :])
+    torch.div(xb, ex, out=qb[..., 1:, :])
+    qb.cumsum_(3)                                   # qb[t+1] = K + Σ_{s≤t} x_s e^{c - S_s}
+    h = torch.mul(qb[..., 1:, :], ex, out=xb)       # h_t
+    ahp = qb[..., :T, :].mul(ex)                    # α_t h_{t-1} = e_t (K + Σ_{s<t} ...)
+    if rows is not None:
+        idx, a_r, x_r = rows
+        h_r, ahp_r = _loop_rows(a_r, x_r, h_start[idx])
+        h[idx[0], idx[1], idx[2], :, idx[3]] = h_r
+        ahp[idx[0], idx[1], idx[2], :, idx[3]] = ahp_r
+    return h, ahp
+
+
+def _gather_rows(unsafe, dlb, xb, A):
+    """Rows (b, e, block, n) flagged unsafe: their Δ·A (R, T) and x (R, T), before xb is overwritten."""
+    idx = unsafe.nonzero(as_tuple=True)
+    a_r = dlb[idx[0], idx[1], idx[2]] * A[idx[1], idx[3]][:, None]
+    x_r = xb[idx[0], idx[1], idx[2], :, idx[3]].clone()
+    return idx, a_r, x_r
+
+
+def _loop_rows(a_r, x_r, h0):
+    """Exact recurrence over a block's T tokens for R rows: h (R, T) and α_t h_{t-1} (R, T)."""
+    alpha = torch.exp(a_r)
+    h = torch.empty_like(x_r)
+    ahp = torch.empty_like(x_r)
+    prev = x_r.new_zeros(x_r.shape[0]) if h0 is None else h0
+    for t in range(x_r.shape[1]):
+        torch.mul(alpha[:, t], prev, out=ahp[:, t])
+        prev = torch.add(ahp[:, t], x_r[:, t], out=h[:, t])
+    return h, ahp
+
+
+def _carry(p_blk, g_end, h0):
+    """State at each block start: H_j = P_j H_{j-1} + G_j, one addcmul per block.
+
+    p_blk, g_end (B, E, nb, N); h0 (B, E, N) -> (starts (B, E, nb, N), end (B, E, N)).
+    """
+    nb = p_blk.shape[2]
+    p = p_blk.permute(2, 0, 1, 3).contiguous().unbind(0)
+    g = g_end.permute(2, 0, 1, 3).contiguous().unbind(0)
+    hall = h0.new_empty(nb + 1, *h0.shape)
+    hall[0] = h0
+    hs = hall.unbind(0)
+    for j in range(nb):
+        torch.addcmul(g[j], p[j], hs[j], out=hs[j + 1])
+    return hall[:nb].permute(1, 2, 0, 3), hall[nb].clone()

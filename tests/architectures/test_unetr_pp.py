@@ -1,0 +1,199 @@
+"""UNETR++: paper parity (meta device), the plan -> stem/strides rule, and forwards for any plan."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from nnunet_ext.architectures import PlanError, PlanSpec, build_network, get_architecture
+from nnunet_ext.architectures.summary import count_macs, count_parameters
+from nnunet_ext.architectures.unetr_pp import UNETRPP, unetr_pp_kwargs_from_plan
+from nnunet_ext.cli.main import main
+
+# reduced widths/depths for real (CPU) forwards
+SMALL = dict(widths=(8, 16, 24, 32), depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1), feature_size=8,
+             proj_sizes=(16, 16, 16, 8), decoder_proj_size=16)
+
+
+def _total(kw):
+    t = kw["stem_stride"]
+    for s in kw["strides"]:
+        t = tuple(a * b for a, b in zip(t, s))
+    return t
+
+
+# ----------------------------------------------------------------------------- paper parity
+def test_synapse_parity_through_the_cli(capsys):
+    """`nnunet-ext summary --arch unetr_pp --patch 64 128 128 --in-channels 1 --classes 14 --json`:
+    paper 42.96 M parameters, 47.98 GMACs."""
+    assert main(["summary", "--arch", "unetr_pp", "--patch", "64", "128", "128", "--in-channels", "1",
+                 "--classes", "14", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["strides"][0] == [1, 1, 1] and len(s["strides"]) == 6  # nnU-Net's own plan for this patch
+    assert abs(s["params"] / 42.96e6 - 1) < 0.01, s["params"]
+    assert abs(s["macs"] / 47.98e9 - 1) < 0.05, s["macs"]
+
+
+@pytest.mark.parametrize("name,kwargs,paper_params", [
+    # the public code's per-dataset settings (patch, stem, classes and its block variants)
+    ("ACDC", dict(input_channels=1, num_classes=4, patch_size=(16, 160, 160), stem_stride=(1, 4, 4),
+                  epa_conv_blocks=2, share_token_proj=False), 66.8e6),
+    ("Lung", dict(input_channels=1, num_classes=2, patch_size=(32, 192, 192), stem_stride=(1, 4, 4),
+                  epa_conv_blocks=2, share_token_proj=False), 121.2e6),
+    ("BraTS", dict(input_channels=4, num_classes=3, patch_size=(128, 128, 128), stem_stride=(4, 4, 4),
+                   fusion="sum"), 42.65e6),
+])
+def test_other_paper_settings_parameter_counts(name, kwargs, paper_params):
+    with torch.device("meta"):
+        net = UNETRPP(**kwargs, deep_supervision=False)
+    assert abs(count_parameters(net) / paper_params - 1) < 0.01, (name, count_parameters(net))
+
+
+# ----------------------------------------------------------------------------- plan -> stem + strides
+@pytest.mark.parametrize("spec,stem,strides", [
+    # isotropic 64x128x128: total (16, 32, 32) -> the paper's Synapse setting
+    (PlanSpec.from_patch((64, 128, 128)), (2, 4, 4), ((2, 2, 2),) * 3),
+    # 128^3: total 32 -> the paper's BraTS stem
+    (PlanSpec.from_patch((128, 128, 128)), (4, 4, 4), ((2, 2, 2),) * 3),
+    # anisotropic, in-plane-only first strides: total (4, 32, 32); the stem tokenizes z by 2,
+    # the rest of z is pooled in the deepest stage only
+    (PlanSpec.from_patch((20, 192, 192), spacing=(5, 0.8, 0.8)), (2, 4, 4), ((1, 2, 2), (1, 2, 2), (2, 2, 2))),
+    # a small plan, total 8: the stem still tokenizes, the first inner stage keeps the resolution
+    (PlanSpec.from_patch((40, 48, 40)), (2, 2, 2), ((1, 1, 1), (2, 2, 2), (2, 2, 2))),
+    # total 2 on z: all of it goes to the stem
+    (PlanSpec((10, 96, 96), ((1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2))), (2, 2, 2),
+     ((1, 2, 2), (1, 2, 2), (1, 2, 2))),
+    # total stride 1 on an axis
+    (PlanSpec((7, 32, 32), ((1, 1, 1), (1, 2, 2), (1, 2, 2))), (1, 2, 2), ((1, 1, 1), (1, 1, 1), (1, 2, 2))),
+    # non-power-of-two strides (not produced by nnU-Net's planner, but legal in a hand-edited plan)
+    (PlanSpec((36, 48, 48), ((1, 1, 1), (3, 2, 2), (2, 2, 2), (2, 2, 2))), (2, 2, 2),
+     ((1, 1, 1), (3, 2, 2), (2, 2, 2))),
+    (PlanSpec((72, 96, 96), ((1, 1, 1), (3, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2))), (2, 2, 2),
+     ((3, 2, 2), (2, 2, 2), (2, 2, 2))),
+])
+def test_plan_mapping_rule(spec, stem, strides):
+    kw = unetr_pp_kwargs_from_plan(spec)
+    assert kw["stem_stride"] == stem and kw["strides"] == strides
+    assert kw["patch_size"] == spec.patch_size
+    assert _total(kw) == spec.total_stride  # the network's total stride is the plan's
+    assert get_architecture("unetr_pp").required_divisor(spec) == spec.total_stride
+
+
+# ----------------------------------------------------------------------------- any plan
+def _check_outputs(net, spec, in_ch, classes, batch=1, device="cpu"):
+    x = torch.randn(batch, in_ch, *spec.patch_size, device=device)
+    net.deep_supervision = True
+    outs = net(x)
+    assert isinstance(outs, list) and len(outs) == len(net.deep_supervision_scales) == 3
+    assert net.deep_supervision_scales[0] == [1.0, 1.0, 1.0]
+    for o, scale in zip(outs, net.deep_supervision_scales):  # shapes nnU-Net's DS loss expects
+        assert o.shape == (batch, classes, *(round(p * s) for p, s in zip(spec.patch_size, scale)))
+    net.deep_supervision = False
+    out = net(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (batch, classes, *spec.patch_size)
+    return outs
+
+
+# small patches with the planner's own strides (full-size plans run on meta below); the lowres one has
+# a total stride of 4 only, so its stem and first inner stride are 1
+LOWRES = PlanSpec((24, 32, 24), PlanSpec.from_patch((24, 32, 24), spacing=(2.2, 1.6, 1.6)).strides,
+                  spacing=(2.2, 1.6, 1.6), configuration="3d_lowres")
+
+PLANS = {
+    "a_isotropic": (PlanSpec.from_patch((32, 32, 32)), 1, 3),
+    "b_anisotropic": (PlanSpec.from_patch((8, 64, 64), spacing=(5, 0.8, 0.8)), 1, 3),  # in-plane-only first strides
+    "c_2ch_5classes": (PlanSpec.from_patch((16, 32, 32), spacing=(3, 1, 1)), 2, 5),
+    "d_lowres": (LOWRES, 1, 2),
+}
+
+
+@pytest.mark.parametrize("key", list(PLANS))
+def test_forward_any_plan_reduced_width(key):
+    spec, in_ch, classes = PLANS[key]
+    net = UNETRPP(in_ch, classes, **unetr_pp_kwargs_from_plan(spec), **SMALL).eval()
+    with torch.no_grad():
+        _check_outputs(net, spec, in_ch, classes)
+
+
+@pytest.mark.parametrize("spec,in_ch,classes", [
+    (PlanSpec.from_patch((20, 192, 192), spacing=(5, 0.8, 0.8)), 1, 3),  # the issue's anisotropic plan
+    (PlanSpec.from_patch((128, 128, 128)), 2, 5),
+    (PlanSpec((80, 160, 128), PlanSpec.from_patch((80, 160, 128), spacing=(2.5, 1.6, 1.6)).strides,
+              spacing=(2.5, 1.6, 1.6), configuration="3d_lowres"), 1, 2),
+])
+def test_full_size_on_meta(spec, in_ch, classes):
+    assert spec.strides[0] == (1, 1, 1)
+    with torch.device("meta"):
+        net = build_network("unetr_pp", spec, in_ch, classes, True)
+        _check_outputs(net, spec, in_ch, classes, batch=2, device="meta")
+    # token counts (and so Linear(N, p) and the position embeddings) follow from patch and strides
+    for size, stage in zip(net.encoder.stage_sizes, net.encoder.stages):
+        blk = stage[0]
+        assert blk.pos_embed.shape[1] == blk.attn.num_tokens == math.prod(size)
+        assert blk.attn.token_proj.in_features == math.prod(size)
+    kw = unetr_pp_kwargs_from_plan(spec)
+    assert net.encoder.stage_sizes[-1] == tuple(p // t for p, t in zip(spec.patch_size, _total(kw)))
+
+
+def test_gradients_reach_every_parameter():
+    spec = PlanSpec.from_patch((8, 16, 16), spacing=(3, 1, 1))
+    net = UNETRPP(2, 4, **unetr_pp_kwargs_from_plan(spec), **SMALL).train()
+    outs = net(torch.randn(2, 2, *spec.patch_size))
+    sum((o * torch.randn_like(o)).mean() for o in outs).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+
+
+def test_builder_and_network_conventions():
+    spec = PlanSpec.from_patch((32, 32, 32))
+    net = build_network("unetr_pp", spec, 3, 4, deep_supervision=False)
+    assert isinstance(net, UNETRPP) and net.deep_supervision is False
+    entry = get_architecture("unetr_pp")
+    assert (entry.trainer, entry.title) == ("UNETRPPTrainer", "UNETR++")
+    assert entry.paper == "Shaker et al., UNETR++, IEEE TMI 2024"
+    assert net.get_submodule(net.key_to_encoder) is net.encoder
+    assert net.get_submodule(net.key_to_stem) is net.encoder.stem
+    for key in net.keys_to_in_proj:  # every conv that reads the input channels
+        assert net.get_submodule(key).weight.shape[1] == 3
+    n_in = sum(1 for m in net.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels == 3)
+    assert n_in == len(net.keys_to_in_proj)
+    # one position embedding per EPA block: 4 encoder stages x 3 + 3 decoder stages x 3
+    assert len(net.keys_to_lpe) == 21 and net.key_to_lpe == net.keys_to_lpe[0]
+    assert dict(net.named_parameters())[net.key_to_lpe].shape[1:] == (16 ** 3, 32)  # total stride 8: stem 2
+
+
+def test_deep_supervision_scales_follow_the_strides():
+    spec = PlanSpec.from_patch((20, 192, 192), spacing=(5, 0.8, 0.8))
+    with torch.device("meta"):
+        net = build_network("unetr_pp", spec, 1, 2)
+    # stem (2, 4, 4), first inner stride (1, 2, 2)
+    assert net.deep_supervision_scales == [[1.0, 1.0, 1.0], [0.5, 0.25, 0.25], [0.5, 0.125, 0.125]]
+
+
+def test_mac_count_is_linear_in_tokens():
+    """Spatial attention is N x p: doubling the patch (and so N at every stage) about doubles the MACs
+    (an N x N attention would quadruple its part)."""
+    macs = []
+    for patch in ((32, 64, 64), (64, 64, 64)):
+        with torch.device("meta"):
+            net = UNETRPP(1, 2, patch_size=patch, stem_stride=(2, 2, 2))
+        macs.append(count_macs(net, (1, 1, *patch)))
+    assert 1.9 < macs[1] / macs[0] < 2.1
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(patch_size=(30, 64, 64)), r"patch_size \[30, 64, 64\] must be divisible"),
+    (dict(widths=(32, 64, 128)), "strides must have 2 entries"),
+    (dict(widths=(30, 64, 128, 256)), "divisible by num_heads"),
+    (dict(depths=(3, 3, 3)), "depths must have 4 entries"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match), torch.device("meta"):
+        UNETRPP(1, 2, **kwargs)
+
+
+def test_unbuildable_plan_names_the_axis():
+    spec = PlanSpec((20, 190, 192), PlanSpec.from_patch((20, 192, 192), spacing=(5, 0.8, 0.8)).strides)
+    with pytest.raises(PlanError, match="axis 1"):
+        build_network("unetr_pp", spec, 1, 2)

@@ -1,0 +1,189 @@
+"""Mamba mixer, ToM token orders and the residual Mamba layer (issue 5, blocks part)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunet_ext.blocks.mamba import (DIRECTIONS, MambaLayer, MambaMixer, SelectiveSSM, TriOrientedMamba,
+                                     from_order, order_permutation, to_order)
+from nnunet_ext.ops.reference import selective_scan_sequential
+
+ODD_SHAPES = [(3, 5, 7), (1, 1, 1), (2, 3, 1), (5, 1, 4), (7, 2, 3)]
+
+
+def _copy_ssm(dst: SelectiveSSM, src: SelectiveSSM) -> None:
+    dst.load_state_dict(src.state_dict())
+
+
+def _assert_all_grads(module: torch.nn.Module) -> None:
+    missing = [n for n, p in module.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"no gradient reached {missing}"
+
+
+# ---------------------------------------------------------------------------- token orders
+@pytest.mark.parametrize("shape", ODD_SHAPES)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_orders_are_permutations_with_inverses(shape, direction):
+    n = math.prod(shape)
+    perm = order_permutation(shape, direction)
+    assert torch.equal(perm.sort().values, torch.arange(n))
+    t = torch.randn(2, 3, n)
+    ordered = to_order(t, shape, direction)
+    assert torch.equal(ordered, t[..., perm])
+    assert torch.equal(from_order(ordered, shape, direction), t)
+    assert torch.equal(to_order(from_order(t, shape, direction), shape, direction), t)
+
+
+@pytest.mark.parametrize("shape", ODD_SHAPES)
+def test_orders_follow_their_definitions(shape):
+    z, y, x = shape
+    n = z * y * x
+    assert torch.equal(order_permutation(shape, "raster"), torch.arange(n))
+    assert torch.equal(order_permutation(shape, "reversed"), torch.arange(n).flip(0))
+    # inter-slice: the depth index varies fastest -> token k = p * Z + d holds raster voxel (d, p)
+    inter = order_permutation(shape, "inter_slice")
+    expected = torch.tensor([d * y * x + p for p in range(y * x) for d in range(z)])
+    assert torch.equal(inter, expected)
+    # same as flattening the map permuted to (Y, X, Z)
+    vol = torch.arange(n).reshape(z, y, x)
+    assert torch.equal(inter, vol.permute(1, 2, 0).flatten())
+
+
+def test_unknown_order_raises():
+    with pytest.raises(ValueError, match="unknown token order"):
+        to_order(torch.zeros(4), (1, 2, 2), "diagonal")
+    with pytest.raises(ValueError, match="unknown token order"):
+        TriOrientedMamba(8, directions=("raster", "diagonal"))
+
+
+# ---------------------------------------------------------------------------- mixer
+def test_ssm_init_follows_mamba():
+    ssm = SelectiveSSM(32, d_state=16, dt_rank=2)
+    assert torch.allclose(ssm.A_log, torch.log(torch.arange(1, 17.0)).expand(32, -1))
+    assert torch.equal(ssm.D, torch.ones(32))
+    dt = F.softplus(ssm.dt_proj.bias)
+    assert dt.min() >= 1e-3 * (1 - 1e-4) and dt.max() <= 1e-1 * (1 + 1e-4)
+    assert ssm.dt_proj.weight.abs().max() <= 2 ** -0.5
+
+
+def _mixer_by_hand(m: MambaMixer, tokens: torch.Tensor) -> torch.Tensor:
+    """The Mamba block written out with torch ops and the sequential reference scan."""
+    ssm = m.ssm
+    xz = tokens @ m.in_proj.weight.T  # (B, L, 2E)
+    x, z = xz.transpose(1, 2).chunk(2, dim=1)
+    w = ssm.conv1d.weight.shape[-1]
+    x = F.silu(F.conv1d(F.pad(x, (w - 1, 0)), ssm.conv1d.weight, ssm.conv1d.bias, groups=x.shape[1]))
+    dbl = x.transpose(1, 2) @ ssm.x_proj.weight.T
+    dt, b, c = dbl.split([ssm.dt_rank, ssm.d_state, ssm.d_state], dim=-1)
+    delta = (dt @ ssm.dt_proj.weight.T).transpose(1, 2)
+    y = selective_scan_sequential(x, delta, -torch.exp(ssm.A_log), b.transpose(1, 2), c.transpose(1, 2), ssm.D, z,
+                                  delta_bias=ssm.dt_proj.bias, delta_softplus=True)
+    return y.transpose(1, 2) @ m.out_proj.weight.T
+
+
+def test_mixer_matches_hand_written_mamba():
+    m = MambaMixer(8, d_state=4)
+    tokens = torch.randn(2, 13, 8)
+    out = m(tokens)
+    assert out.shape == tokens.shape
+    torch.testing.assert_close(out, _mixer_by_hand(m, tokens), rtol=1e-4, atol=1e-5)
+
+
+def test_mixer_gradient_reaches_every_parameter():
+    m = MambaMixer(8, d_state=4)
+    tokens = torch.randn(2, 13, 8, requires_grad=True)
+    m(tokens).square().sum().backward()
+    _assert_all_grads(m)
+    assert tokens.grad is not None and torch.isfinite(tokens.grad).all()
+
+
+def test_mixer_is_causal():
+    m = MambaMixer(8, d_state=4)
+    tokens = torch.randn(1, 12, 8)
+    changed = tokens.clone()
+    changed[:, 7:] += 1.0
+    a, b = m(tokens), m(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+# ---------------------------------------------------------------------------- ToM
+@pytest.mark.parametrize("shape", [(3, 5, 7), (4, 4, 4), (1, 6, 2)])
+def test_tom_preserves_shape(shape):
+    tom = TriOrientedMamba(8, d_state=4)
+    x = torch.randn(2, 8, *shape)
+    assert tom(x).shape == x.shape
+
+
+def test_tom_gradient_reaches_every_direction():
+    tom = TriOrientedMamba(8, d_state=4)
+    x = torch.randn(1, 8, 3, 5, 7, requires_grad=True)
+    tom(x).square().sum().backward()
+    _assert_all_grads(tom)
+    assert set(tom.ssm.keys()) == set(DIRECTIONS)
+
+
+def _single(tom: TriOrientedMamba, direction: str) -> TriOrientedMamba:
+    one = TriOrientedMamba(tom.channels, d_state=tom.ssm[direction].d_state, directions=(direction,))
+    one.in_proj.load_state_dict(tom.in_proj.state_dict())
+    one.out_proj.load_state_dict(tom.out_proj.state_dict())
+    _copy_ssm(one.ssm[direction], tom.ssm[direction])
+    return one
+
+
+def _mixer_with(tom: TriOrientedMamba, direction: str) -> MambaMixer:
+    mixer = MambaMixer(tom.channels, d_state=tom.ssm[direction].d_state)
+    mixer.in_proj.load_state_dict(tom.in_proj.state_dict())
+    mixer.out_proj.load_state_dict(tom.out_proj.state_dict())
+    _copy_ssm(mixer.ssm, tom.ssm[direction])
+    return mixer
+
+
+def test_tom_is_the_sum_of_three_mixers_in_their_orders():
+    """Each direction = a plain Mamba mixer on the tokens in that order, mapped back (values)."""
+    torch.manual_seed(1)
+    tom = TriOrientedMamba(6, d_state=4)
+    x = torch.randn(2, 6, 3, 5, 7)
+    b, c, z, y, w = x.shape
+    raster = x.flatten(2).transpose(1, 2)  # (B, L, C)
+    expect = {
+        "raster": _mixer_with(tom, "raster")(raster),
+        "reversed": _mixer_with(tom, "reversed")(raster.flip(1)).flip(1),
+        # inter-slice = raster order of the map permuted to (Y, X, Z), permuted back
+        "inter_slice": _mixer_with(tom, "inter_slice")(x.permute(0, 1, 3, 4, 2).flatten(2).transpose(1, 2))
+        .transpose(1, 2).reshape(b, c, y, w, z).permute(0, 1, 4, 2, 3).flatten(2).transpose(1, 2),
+    }
+    for d in DIRECTIONS:
+        got = _single(tom, d)(x).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(got, expect[d], rtol=1e-4, atol=1e-5, msg=f"direction {d}")
+    # out_proj is linear without bias: ToM = sum of the three
+    total = sum(expect.values())
+    torch.testing.assert_close(tom(x).flatten(2).transpose(1, 2), total, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- residual layer
+def test_mamba_layer_is_residual_and_shape_preserving():
+    layer = MambaLayer(8, d_state=4)
+    x = torch.randn(2, 8, 3, 5, 7)
+    out = layer(x)
+    assert out.shape == x.shape
+    assert not torch.allclose(out, x)
+    torch.nn.init.zeros_(layer.mixer.out_proj.weight)
+    torch.testing.assert_close(layer(x), x)
+
+
+def test_mamba_layer_gradients_and_signature():
+    layer = MambaLayer(channels=8, d_state=4, d_conv=3, expand=1)
+    assert layer.mixer.d_inner == 8 and layer.mixer.ssm["raster"].conv1d.weight.shape[-1] == 3
+    x = torch.randn(1, 8, 2, 3, 4, requires_grad=True)
+    layer(x).sum().backward()
+    _assert_all_grads(layer)
+
+
+def test_mamba_layer_builds_and_runs_on_meta():
+    with torch.device("meta"):
+        layer = MambaLayer(16)
+        out = layer(torch.zeros(2, 16, 3, 5, 7))
+    assert out.shape == (2, 16, 3, 5, 7) and out.device.type == "meta"

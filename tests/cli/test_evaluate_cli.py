@@ -1,0 +1,114 @@
+"""``nnunet-ext evaluate`` and ``nnunet-ext benchmark`` through the console entry point."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_ext.cli.main import main
+
+
+def write(arr, path, spacing=(0.8, 0.8, 2.0)):
+    img = sitk.GetImageFromArray(arr.astype(np.uint8))
+    img.SetSpacing(spacing)
+    sitk.WriteImage(img, str(path))
+
+
+@pytest.fixture
+def folders(tmp_path):
+    gt, pred = tmp_path / "labelsTs", tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    z, y, x = np.ogrid[:16, :32, :32]
+    for i, r in enumerate((6, 8, 10)):
+        ref = ((((z - 8) * 2.0) ** 2 + ((y - 16) * 0.8) ** 2 + ((x - 16) * 0.8) ** 2) <= r ** 2).astype(np.uint8)
+        ref[1:3, 1:4, 1:4] = 2
+        p = ref.copy()
+        p[ref == 2] = 0 if i == 2 else 2           # the last case misses label 2
+        write(ref, gt / f"case_{i:03d}.nii.gz")
+        write(p, pred / f"case_{i:03d}.nii.gz")
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "ball": 1, "cube": 2}}))
+    return tmp_path, gt, pred
+
+
+def test_evaluate_end_to_end(folders, capsys):
+    root, gt, pred = folders
+    out, csv_path = root / "res" / "eval.json", root / "res" / "eval.csv"
+    rc = main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--dataset-json", str(root / "dataset.json"),
+               "--tolerance", "2", "--out", str(out), "--csv", str(csv_path), "--num-processes", "2"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| 1 ball | 1.0000 | 0.00 |" in text and "| 2 cube |" in text and str(out) in text
+    r = json.loads(out.read_text())
+    assert r["tolerance_mm"] == 2.0 and r["labels"] == {"1": "ball", "2": "cube"}
+    assert [c["case"] for c in r["cases"]] == ["case_000", "case_001", "case_002"]
+    assert r["cases"][0]["spacing"] == pytest.approx([2.0, 0.8, 0.8])
+    assert r["mean"]["1"]["dice"] == 1.0 and r["mean"]["1"]["nsd"] == 1.0
+    assert r["mean"]["2"]["dice"] == pytest.approx(2 / 3) and r["mean"]["2"]["hd95"] == math.inf
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 3 * 2 + 2 + 1 and rows[-1]["case"] == "mean" and rows[-1]["label"] == "all"
+
+
+def test_evaluate_defaults_write_into_the_prediction_folder(folders):
+    root, gt, pred = folders
+    assert main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--labels", "1", "--num-processes", "1",
+                 "--quiet"]) == 0
+    r = json.loads((pred / "evaluation.json").read_text())
+    assert list(r["labels"]) == ["1"]
+    assert (pred / "evaluation.csv").is_file()
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda pred: (pred / "case_001.nii.gz").unlink(), "case_001"),
+    (lambda pred: write(np.zeros((16, 32, 32)), pred / "case_002.nii.gz", spacing=(0.8, 0.8, 3.0)),
+     "case 'case_002': prediction spacing"),
+])
+def test_evaluate_bad_input_names_the_case_and_writes_nothing(folders, damage, match):
+    root, gt, pred = folders
+    damage(pred)
+    out = root / "res" / "eval.json"
+    with pytest.raises(SystemExit, match=match) as e:
+        main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--out", str(out), "--num-processes", "1",
+              "--quiet"])
+    assert str(e.value).startswith("nnunet-ext evaluate: ")
+    assert not (root / "res").exists()
+    assert not list(pred.glob("evaluation*")) and not list(pred.glob(".*"))
+
+
+def test_evaluate_bad_labels(folders):
+    root, gt, pred = folders
+    with pytest.raises(SystemExit, match="--labels takes integer"):
+        main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--labels", "liver"])
+
+
+def test_benchmark_cli_prints_table_and_json(monkeypatch, capsys):
+    import nnunet_ext.evaluation.benchmark as bm
+
+    rows = [{"arch": bm.NNUNET, "params": 2_000_000, "params_inference": 2_000_000, "macs": 4_000_000_000,
+             "train_s": 2.0, "infer_s": 0.5, "peak_train_mib": 400.0, "peak_infer_mib": 100.0,
+             "strides": [[1, 1, 1]], "device": "cpu", "device_name": "cpu", "threads": 2},
+            {"arch": "small_unet", "error": "PlanError: not divisible"}]
+    seen = {}
+
+    def fake(archs, **kwargs):
+        seen.update(kwargs, archs=archs)
+        for i, r in enumerate(rows):
+            kwargs["on_row"](i, len(rows), r)
+        return rows
+
+    monkeypatch.setattr(bm, "benchmark", fake)
+    assert main(["benchmark", "--archs", "small_unet", "--patch", "32", "32", "48", "--repeats", "2"]) == 0
+    out = capsys.readouterr()
+    assert seen["archs"] == ["small_unet"] and seen["patch_size"] == [32, 32, 48] and seen["repeats"] == 2
+    assert "| nnunet (PlainConvUNet) | 2.00 (1.00×) | 4.00 (1.00×) |" in out.out
+    assert "error: PlanError: not divisible" in out.out and "[2/2] small_unet" in out.err
+    assert main(["benchmark", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == rows
+
+
+def test_benchmark_cli_unknown_architecture():
+    with pytest.raises(SystemExit, match="unknown architecture.*no_such_net"):
+        main(["benchmark", "--archs", "no_such_net"])

@@ -1,0 +1,144 @@
+"""Folder evaluation: pairing, geometry checks, spacing from the images, JSON/CSV schema."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_ext.evaluation.folder import (CSV_COLUMNS, SCHEMA, EvaluationError, evaluate_folders,
+                                          format_summary, labels_from_dataset_json, write_csv, write_json)
+
+SITK_SPACING = (1.0, 1.0, 3.0)  # SimpleITK order (x, y, z): 3 mm slices
+
+
+def write(arr, path, spacing=SITK_SPACING, origin=(0.0, 0.0, 0.0)):
+    img = sitk.GetImageFromArray(arr.astype(np.uint8))
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    sitk.WriteImage(img, str(path))
+
+
+def reference():
+    seg = np.zeros((20, 40, 40), np.uint8)        # array order (z, y, x)
+    seg[8:12, 10:30, 10:30] = 1
+    seg[2:5, 2:6, 2:6] = 2
+    return seg
+
+
+@pytest.fixture
+def folders(tmp_path):
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    ref = reference()
+    grown = np.zeros_like(ref)
+    grown[7:13, 10:30, 10:30] = 1                 # label 1 one slice thicker each side, label 2 missed
+    write(ref, gt / "case_a.nii.gz")
+    write(ref, pred / "case_a.nii.gz")
+    write(ref, gt / "case_b.nii.gz")
+    write(grown, pred / "case_b.nii.gz")
+    return gt, pred
+
+
+def test_spacing_from_images_in_array_order(folders):
+    gt, pred = folders
+    r = evaluate_folders(gt, pred, tolerance_mm=1.0, num_processes=1, progress=False)
+    assert r["labels"] == {"1": "1", "2": "2"}    # union of the references' non-zero labels
+    a, b = r["cases"]
+    assert (a["case"], b["case"]) == ("case_a", "case_b")
+    assert b["spacing"] == [3.0, 1.0, 1.0]
+    assert a["metrics"]["1"] == {"dice": 1.0, "hd95": 0.0, "nsd": 1.0, "n_ref": 1600, "n_pred": 1600}
+    # one slice of growth along z is 3 mm (SimpleITK's z spacing), not 1 mm
+    assert b["metrics"]["1"]["hd95"] == pytest.approx(3.0)
+    assert b["metrics"]["1"]["dice"] == pytest.approx(0.8)
+    assert b["metrics"]["2"] == {"dice": 0.0, "hd95": math.inf, "nsd": 0.0, "n_ref": 48, "n_pred": 0}
+    assert r["mean"]["1"]["hd95"] == pytest.approx(1.5)
+    assert r["mean"]["2"]["hd95"] == math.inf and r["mean"]["2"]["hd95_finite"] == 0.0
+    assert r["mean"]["2"]["n_one_empty"] == 1
+    assert r["overall"]["dice"] == pytest.approx((0.9 + 0.5) / 2)
+    at3 = evaluate_folders(gt, pred, labels=[1], tolerance_mm=3.0, num_processes=1, progress=False)
+    assert at3["cases"][1]["metrics"]["1"]["nsd"] == pytest.approx(1.0)
+    assert list(at3["labels"]) == ["1"]
+
+
+def test_json_and_csv_schema(folders, tmp_path):
+    gt, pred = folders
+    r = evaluate_folders(gt, pred, num_processes=1, progress=False)
+    write_json(r, tmp_path / "out" / "e.json")
+    write_csv(r, tmp_path / "out" / "e.csv")
+    j = json.loads((tmp_path / "out" / "e.json").read_text())
+    assert j["schema"] == SCHEMA
+    assert set(j) == {"schema", "reference_folder", "prediction_folder", "file_ending", "tolerance_mm",
+                      "hd_percentile", "labels", "ignore_label", "ignored_predictions", "cases", "mean", "overall"}
+    assert set(j["cases"][0]) == {"case", "reference_file", "prediction_file", "spacing", "metrics"}
+    assert set(j["cases"][0]["metrics"]["1"]) == {"dice", "hd95", "nsd", "n_ref", "n_pred"}
+    assert set(j["mean"]["2"]) == {"dice", "hd95", "hd95_finite", "nsd", "n_cases", "n_both_empty", "n_one_empty"}
+    assert set(j["overall"]) == {"dice", "hd95", "hd95_finite", "nsd"}
+    assert j["cases"][1]["metrics"]["2"]["hd95"] == math.inf   # written as Infinity, read back as inf
+    rows = list(csv.DictReader((tmp_path / "out" / "e.csv").open()))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [(r["case"], r["label"]) for r in rows] == [("case_a", "1"), ("case_a", "2"), ("case_b", "1"),
+                                                        ("case_b", "2"), ("mean", "1"), ("mean", "2"),
+                                                        ("mean", "all")]
+    assert rows[3]["hd95"] == "inf" and float(rows[2]["hd95"]) == pytest.approx(3.0)
+    assert not list((tmp_path / "out").glob(".*tmp"))           # no temp files left behind
+    assert "| **mean** |" in format_summary(r)
+
+
+def test_dataset_json_labels_names_and_regions(folders, tmp_path):
+    gt, pred = folders
+    ds = tmp_path / "dataset.json"
+    ds.write_text(json.dumps({"labels": {"background": 0, "slab": 1, "cube": 2, "both": [1, 2]},
+                              "file_ending": ".nii.gz"}))
+    assert labels_from_dataset_json(ds) == ([1, 2, (1, 2)], {1: "slab", 2: "cube", (1, 2): "both"}, None)
+    r = evaluate_folders(gt, pred, dataset_json=ds, num_processes=1, progress=False)
+    assert r["labels"] == {"1": "slab", "2": "cube", "(1, 2)": "both"}
+    assert r["cases"][0]["metrics"]["(1, 2)"]["dice"] == 1.0
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(EvaluationError, match="--labels"):
+        evaluate_folders(gt, pred, dataset_json=bad, num_processes=1, progress=False)
+
+
+def test_predictions_without_reference_are_listed_not_scored(folders):
+    gt, pred = folders
+    write(reference(), pred / "extra.nii.gz")
+    r = evaluate_folders(gt, pred, num_processes=1, progress=False)
+    assert [c["case"] for c in r["cases"]] == ["case_a", "case_b"]
+    assert r["ignored_predictions"] == ["extra.nii.gz"]
+
+
+def test_missing_case_names_it(folders):
+    gt, pred = folders
+    (pred / "case_b.nii.gz").unlink()
+    with pytest.raises(EvaluationError, match=r"lacks 1 of 2 cases: 'case_b'.*case_b\.nii\.gz"):
+        evaluate_folders(gt, pred, num_processes=1, progress=False)
+
+
+@pytest.mark.parametrize("what, kwargs, match", [
+    ("shape", {"arr": np.zeros((20, 40, 39))}, r"case 'case_b': prediction shape \[39, 40, 20\]"),
+    ("spacing", {"spacing": (1.0, 1.0, 2.5)}, r"case 'case_b': prediction spacing \[1.0, 1.0, 2.5\]"),
+    ("origin", {"origin": (0.0, 0.0, 5.0)}, r"case 'case_b': prediction origin"),
+])
+def test_mismatched_geometry_names_the_case(folders, what, kwargs, match):
+    gt, pred = folders
+    write(kwargs.pop("arr", reference()), pred / "case_b.nii.gz", **kwargs)
+    with pytest.raises(EvaluationError, match=match):
+        evaluate_folders(gt, pred, num_processes=1, progress=False)
+
+
+def test_bad_labels_and_folders(folders, tmp_path):
+    gt, pred = folders
+    with pytest.raises(EvaluationError, match="does not exist"):
+        evaluate_folders(gt, tmp_path / "nope", progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(EvaluationError, match="no '\\*.nii.gz' files"):
+        evaluate_folders(empty, pred, progress=False)
+    with pytest.raises(EvaluationError, match="repeat"):
+        evaluate_folders(gt, pred, labels=[1, 1], progress=False)
+    with pytest.raises(EvaluationError, match="tolerance"):
+        evaluate_folders(gt, pred, tolerance_mm=-1, progress=False)

@@ -1,0 +1,170 @@
+"""Back-end dispatch: auto order, the forcing switch, and optional packages that are absent or broken."""
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import pytest
+import torch
+
+from nnunet_ext.ops import (ENV_VAR, BackendUnavailableError, available_backends, backends, causal_conv1d,
+                            resolve_backend, selective_scan)
+from nnunet_ext.ops.reference import selective_scan_sequential
+
+ss = importlib.import_module("nnunet_ext.ops.selective_scan")
+
+
+def small_inputs(length=6):
+    g = torch.Generator().manual_seed(0)
+    return dict(u=torch.randn(1, 2, length, generator=g), delta=torch.rand(1, 2, length, generator=g),
+                A=-torch.rand(2, 3, generator=g), B=torch.randn(1, 3, length, generator=g),
+                C=torch.randn(1, 3, length, generator=g))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_probes(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    backends.clear_cache()
+    yield
+    backends.clear_cache()
+
+
+BROKEN_MAMBA = {
+    "mamba_ssm/__init__.py": "",
+    "mamba_ssm/ops/__init__.py": "",
+    # what a CPU-only `MAMBA_FORCE_BUILD=TRUE pip install mamba-ssm` leaves behind
+    "mamba_ssm/ops/selective_scan_interface.py": "import selective_scan_cuda\nselective_scan_fn = None\n",
+    "causal_conv1d/__init__.py": "import causal_conv1d_cuda\ncausal_conv1d_fn = None\n",
+}
+
+
+@pytest.fixture
+def broken_mamba(tmp_path, monkeypatch):
+    for rel, text in BROKEN_MAMBA.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    for name in [m for m in sys.modules if m.split(".")[0] in ("mamba_ssm", "causal_conv1d")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="selective_scan_cuda"):
+        importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+    return tmp_path
+
+
+def test_broken_mamba_ssm_does_not_break_and_auto_skips_cuda(broken_mamba):
+    assert "cuda" not in available_backends("cuda")
+    assert resolve_backend(torch.device("cuda")) == "torch"
+    assert resolve_backend(torch.device("cuda"), op="conv") == "torch"
+    assert resolve_backend(torch.zeros(1)) in ("fused", "torch")
+    y = selective_scan(**small_inputs())
+    torch.testing.assert_close(y, selective_scan_sequential(**small_inputs()), rtol=1e-4, atol=1e-5)
+
+
+def test_forcing_cuda_without_kernels_names_the_fix(broken_mamba):
+    with pytest.raises(BackendUnavailableError, match=r'selective_scan_cuda.*pip install "nnunet-ext\[cuda\]"'):
+        resolve_backend(torch.device("cuda"), "cuda")
+    with pytest.raises(BackendUnavailableError, match="causal-conv1d"):
+        resolve_backend(torch.device("cuda"), "cuda", op="conv")
+
+
+def test_forcing_cuda_on_cpu_tensors_is_refused():
+    with pytest.raises(BackendUnavailableError, match="needs CUDA tensors"):
+        selective_scan(**small_inputs(), backend="cuda")
+
+
+def test_import_in_fresh_interpreter_with_broken_mamba(broken_mamba):
+    code = textwrap.dedent("""
+        import torch, nnunet_ext.ops as ops
+        print(ops.resolve_backend(torch.device('cuda')), ops.resolve_backend(torch.zeros(1)))
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(broken_mamba), *sys.path]))
+    env.pop(ENV_VAR, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cuda_choice, cpu_choice = out.stdout.split()
+    assert cuda_choice == "torch" and cpu_choice in ("fused", "torch")
+
+
+def test_working_mamba_ssm_is_chosen_for_cuda_tensors(monkeypatch):
+    calls = []
+    fake = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+    fake.selective_scan_fn = lambda *a, **k: calls.append(k) or "cuda result"
+    monkeypatch.setitem(sys.modules, "mamba_ssm.ops.selective_scan_interface", fake)
+    assert available_backends("cuda")[0] == "cuda"
+    assert resolve_backend(torch.device("cuda")) == "cuda"
+    assert resolve_backend(torch.zeros(1)) != "cuda"  # CPU tensors never go to the CUDA kernel
+    monkeypatch.setattr(backends, "resolve_backend", lambda *a, **k: "cuda")
+    assert selective_scan(**small_inputs(), delta_softplus=True) == "cuda result"
+    assert calls and calls[0]["delta_softplus"] is True
+
+
+def test_fused_is_auto_on_cpu_when_available(monkeypatch):
+    calls = []
+    fake = types.ModuleType("nnunet_ext.ops.scan_fused")
+    fake.fused_available = lambda: True
+    fake.selective_scan_fused = lambda *a, **k: calls.append(k) or "fused result"
+    monkeypatch.setitem(sys.modules, "nnunet_ext.ops.scan_fused", fake)
+    assert available_backends("cpu") == ["fused", "torch", "reference"]
+    assert selective_scan(**small_inputs()) == "fused result"
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("how", ["absent", "unavailable"])
+def test_without_fused_kernel_auto_is_torch_and_forcing_names_numba(monkeypatch, how):
+    if how == "absent":
+        monkeypatch.setitem(sys.modules, "nnunet_ext.ops.scan_fused", None)  # import raises ImportError
+    else:
+        fake = types.ModuleType("nnunet_ext.ops.scan_fused")
+        fake.fused_available = lambda: False
+        monkeypatch.setitem(sys.modules, "nnunet_ext.ops.scan_fused", fake)
+    assert available_backends("cpu") == ["torch", "reference"]
+    assert resolve_backend(torch.zeros(1)) == "torch"
+    with pytest.raises(BackendUnavailableError, match="numba"):
+        selective_scan(**small_inputs(), backend="fused")
+
+
+@pytest.mark.parametrize("name", ["torch", "reference", "TORCH"])
+def test_env_var_forces_backend(monkeypatch, name):
+    monkeypatch.setenv(ENV_VAR, name)
+    assert resolve_backend(torch.zeros(1)) == name.lower()
+    seen = []
+    orig = ss.selective_scan_torch
+    monkeypatch.setattr(ss, "selective_scan_torch", lambda *a, **k: seen.append("torch") or orig(*a, **k))
+    y = selective_scan(**small_inputs())
+    assert seen == (["torch"] if name.lower() == "torch" else [])
+    torch.testing.assert_close(y, selective_scan_sequential(**small_inputs()), rtol=1e-4, atol=1e-5)
+
+
+def test_argument_beats_env_var(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "reference")
+    assert resolve_backend(torch.zeros(1), "torch") == "torch"
+
+
+def test_bad_env_var_value_names_the_choices(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "gpu")
+    with pytest.raises(ValueError, match=f"{ENV_VAR}.*auto, cuda, fused, torch, reference"):
+        selective_scan(**small_inputs())
+
+
+def test_meta_tensors_always_use_torch(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "fused")
+    assert resolve_backend(torch.empty(1, device="meta")) == "torch"
+    inputs = {k: v.to("meta") for k, v in small_inputs().items()}
+    assert selective_scan(**inputs).device.type == "meta"
+
+
+def test_conv_dispatch(monkeypatch):
+    assert resolve_backend(torch.zeros(1), op="conv") == "torch"
+    monkeypatch.setenv(ENV_VAR, "fused")  # no fused conv: the PyTorch one runs
+    x, w = torch.randn(1, 2, 5), torch.randn(2, 3)
+    assert causal_conv1d(x, w).shape == (1, 2, 5)
+    with pytest.raises(BackendUnavailableError, match="needs CUDA tensors"):
+        causal_conv1d(x, w, backend="cuda")
+
+
+def test_available_backends_rejects_unknown_op():
+    with pytest.raises(ValueError, match="'scan' or 'conv'"):
+        available_backends("cpu", op="attention")

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+
+import nnunet_ext.trainers as trainers
+from nnunet_ext.blocks.distillation import self_distillation_loss
+from nnunet_ext.trainers.missu import MISSUTrainer, MISSUTrainerNoDistillation, SegmentationWithDistillationLoss
+
+PATCH = [16, 32, 32]
+
+
+def test_loss_combination():
+    seg_loss = lambda out, tgt: (out - tgt).abs().mean()  # noqa: E731
+    f = [torch.randn(1, 2, 4, 4, 4, requires_grad=True)]
+    o = [torch.randn(1, 3, 4, 4, 4, requires_grad=True)]
+    pending = [(f, o)]
+    loss = SegmentationWithDistillationLoss(seg_loss, lambda: pending.pop() if pending else None, 0.3)
+    out, tgt = torch.ones(2), torch.zeros(2)
+    total = loss(out, tgt)
+    sd = self_distillation_loss(f, o)
+    torch.testing.assert_close(total, 1.0 + 0.3 * sd)
+    torch.testing.assert_close(loss.last_terms[1], sd.detach())
+    total.backward()
+    assert f[0].grad.abs().sum() > 0 and o[0].grad.abs().sum() > 0
+    # no features (an eval-mode forward): the segmentation loss alone
+    torch.testing.assert_close(loss(out, tgt), torch.tensor(1.0))
+
+
+def _plans() -> dict:
+    conf = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": 2, "patch_size": PATCH, "median_image_size_in_voxels": PATCH, "spacing": [1.0, 1.0, 1.0],
+            "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False], "batch_dice": False,
+            "architecture": {"network_class_name": "unused", "_kw_requires_import": [],
+                             "arch_kwargs": {"n_stages": 4, "strides": [[1, 1, 1]] + [[2, 2, 2]] * 3,
+                                             "features_per_stage": [32, 64, 128, 256]}}}
+    return {"dataset_name": "Dataset998_MISSUProbe", "plans_name": "nnUNetPlans", "continue_training": False,
+            "original_median_spacing_after_transp": [1.0, 1.0, 1.0], "original_median_shape_after_transp": PATCH,
+            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+            "configurations": {"3d_fullres": conf}, "label_manager": "LabelManager",
+            "foreground_intensity_properties_per_channel": {}}
+
+
+@pytest.fixture
+def make_trainer(tmp_path, monkeypatch):
+    """A real trainer from a minimal plan (no dataset: train_step is fed a synthetic batch)."""
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    data = tmp_path / "pre" / "Dataset998_MISSUProbe" / "nnUNetPlans_3d_fullres"
+    data.mkdir(parents=True)
+    (data / "case.b2nd").touch()  # lets nnU-Net infer its dataset class
+    dataset_json = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "b": 2},
+                    "numTraining": 2, "file_ending": ".nii.gz"}
+
+    def make(cls):
+        t = cls(_plans(), "3d_fullres", 0, dataset_json, torch.device("cpu"))
+        t.initialize()
+        return t
+
+    return make
+
+
+def _batch():
+    seg = torch.randint(0, 3, (2, 1, *PATCH)).float()
+    return {"data": torch.randn(2, 1, *PATCH),
+            "target": [seg, seg[:, :, ::2, ::2, ::2], seg[:, :, ::4, ::4, ::4]]}
+
+
+@pytest.mark.parametrize("cls, weight", [(MISSUTrainer, 0.3), (MISSUTrainerNoDistillation, 0.0)])
+def test_train_step_adds_weighted_distillation_and_logs_both_terms(make_trainer, cls, weight):
+    t = make_trainer(cls)
+    assert isinstance(t.loss, SegmentationWithDistillationLoss) and t.loss.weight == weight
+    assert t._get_deep_supervision_scales() == t.network.deep_supervision_scales
+    out = t.train_step(_batch())
+    assert set(out) == {"loss", "seg_loss", "distillation_loss"} and out["distillation_loss"] > 0
+    np.testing.assert_allclose(out["loss"], out["seg_loss"] + weight * out["distillation_loss"], rtol=1e-5)
+    assert t.network.distillation_features is None  # taken by the loss
+    # MSF learns only through L_sd: its gradients are zero exactly when lambda is
+    msf_grad = sum(p.grad.abs().sum() for p in t.network.msf.parameters())
+    assert (msf_grad > 0) == (weight > 0)
+
+    t.on_train_epoch_end([out, out])
+    assert t.logger.get_value("train_distillation_losses", 0) == pytest.approx(float(out["distillation_loss"]))
+    assert t.logger.get_value("train_seg_losses", 0) == pytest.approx(float(out["seg_loss"]))
+    log = open(t.log_file).read()
+    assert "train_seg_loss" in log and "train_distillation_loss" in log
+
+    # validation: eval mode, no MSF, segmentation loss only
+    t.on_validation_epoch_start()
+    with torch.no_grad():
+        val = t.validation_step(_batch())
+    assert np.isfinite(val["loss"]) and t.network.distillation_features is None
+
+
+def test_short_run_variants_resolve():
+    assert issubclass(trainers.MISSUTrainer_1epoch_2iters, MISSUTrainer)
+    assert trainers.MISSUTrainerNoDistillation_5epochs.distillation_weight == 0.0
+    assert MISSUTrainer.arch == "missu" and MISSUTrainer.distillation_weight == 0.3
