@@ -95,7 +95,7 @@ def run(args) -> int:
     import torch
 
     from nnunet_ext.data import demo as demo_data
-    from nnunet_ext.trainers.variants import parse_variant
+    from nnunet_ext.trainers.variants import parse_variant, variant_name
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -110,7 +110,7 @@ def run(args) -> int:
     dataset_id = args.dataset_id or demo_data.DEMO_DATASET_ID
     name = demo_data.demo_dataset_path("", dataset_id).name
     wf = Workflow(dataset_id, name, device)
-    trainer = f"{args.trainer}_{args.epochs}epochs_{args.iters}iters"
+    trainer = variant_name(args.trainer, args.epochs, args.iters)
     t_start = time.time()
     print(f"nnunet-ext demo: trainer {trainer} ({args.epochs} epochs x {args.iters} iterations, folds "
           f"{' '.join(map(str, args.folds))}) on {device}\n  nnUNet_raw={wf.env['nnUNet_raw']}\n"

@@ -32,6 +32,12 @@ def parse_variant(name: str) -> tuple[str, int, int | None] | None:
     return m["base"], epochs, iters
 
 
+def variant_name(base: str, epochs: int, iters: int | None = None) -> str:
+    """``('X', 1, 2) -> 'X_1epoch_2iters'``, ``('X', 5) -> 'X_5epochs'`` (nnU-Net's spelling)."""
+    name = f"{base}_{epochs}epoch" + ("" if epochs == 1 else "s")
+    return name + (f"_{iters}iters" if iters is not None else "")
+
+
 def make_variant(base: type, name: str, epochs: int, iters: int | None, module: str) -> type:
     """A subclass of ``base`` named ``name`` that trains ``epochs`` x ``iters`` iterations."""
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import nnunet_ext.trainers as trainers
-from nnunet_ext.trainers.variants import parse_variant
+from nnunet_ext.trainers.variants import parse_variant, variant_name
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -17,6 +17,13 @@ def test_parse_variant(name, expected):
     assert parse_variant(name) == expected
 
 
+@pytest.mark.parametrize("epochs, iters", [(1, None), (1, 2), (5, None), (10, 15)])
+def test_variant_name_round_trips(epochs, iters):
+    name = variant_name("MISSUTrainer", epochs, iters)
+    assert parse_variant(name) == ("MISSUTrainer", epochs, iters)
+    assert ("epochs" in name) == (epochs != 1)
+
+
 def test_variant_classes_are_cached_subclasses():
     cls = trainers.SmallUNetTrainer_3epochs_7iters
     assert cls is trainers.SmallUNetTrainer_3epochs_7iters
@@ -26,8 +33,11 @@ def test_variant_classes_are_cached_subclasses():
         assert not hasattr(trainers, bad)
 
 
-def test_variant_sets_epochs_and_iterations(tiny_dataset):
+def test_variant_sets_epochs_and_iterations(tiny_dataset, monkeypatch):
     import json
+
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, tiny_dataset.env[var])  # nnU-Net 2.8 reads them when it needs them
 
     plans = dict(tiny_dataset.plans(), continue_training=False)  # nnUNetv2_train inserts this key
     ds_json = json.loads((tiny_dataset.plans_file.parent / "dataset.json").read_text())
