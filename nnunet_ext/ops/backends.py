@@ -79,6 +79,32 @@ def _probe_fused():
     return mod, None
 
 
+@functools.lru_cache(maxsize=None)
+def _probe_cuda_call(op: str, index):
+    """None when the CUDA kernel of ``op`` runs on device ``index``, else the reason.
+
+    Importing is not enough: a wheel built for another GPU architecture imports and then fails
+    with "no kernel image". Without a visible GPU there is nothing to run it on (and no CUDA
+    tensors), so the import alone counts.
+    """
+    fn = mamba_ssm_scan() if op == "scan" else causal_conv1d_cuda_fn()
+    if fn is None:
+        return (_probe_mamba_ssm() if op == "scan" else _probe_causal_conv1d())[1]
+    if not torch.cuda.is_available():
+        return None
+    try:
+        dev = torch.device("cuda", torch.cuda.current_device() if index is None else index)
+        z = lambda *s: torch.zeros(*s, device=dev)  # noqa: E731
+        if op == "scan":
+            fn(z(1, 1, 4), z(1, 1, 4), z(1, 1) - 1, z(1, 1, 4), z(1, 1, 4))
+        else:
+            fn(z(1, 8, 4), z(8, 4))
+        torch.cuda.synchronize(dev)
+    except Exception as e:
+        return f"the kernel is installed but does not run here: {type(e).__name__}: {e}"
+    return None
+
+
 def mamba_ssm_scan():
     """mamba-ssm's ``selective_scan_fn`` when its CUDA op loads, else ``None``."""
     return _probe_mamba_ssm()[0]
@@ -100,6 +126,7 @@ def clear_cache() -> None:
     _probe_mamba_ssm.cache_clear()
     _probe_causal_conv1d.cache_clear()
     _probe_fused.cache_clear()
+    _probe_cuda_call.cache_clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,6 +139,12 @@ def _device_type(device) -> str:
     return torch.device(device).type
 
 
+def _device_index(device):
+    if isinstance(device, torch.Tensor):
+        device = device.device
+    return torch.device(device).index
+
+
 def available_backends(device="cpu", op: str = "scan") -> list[str]:
     """Back-ends that can run ``op`` ('scan' or 'conv') on ``device``, fastest first.
 
@@ -121,9 +154,8 @@ def available_backends(device="cpu", op: str = "scan") -> list[str]:
     if op not in ("scan", "conv"):
         raise ValueError(f"available_backends: op must be 'scan' or 'conv', got {op!r}")
     names = []
-    if kind == "cuda":
-        if (mamba_ssm_scan() if op == "scan" else causal_conv1d_cuda_fn()) is not None:
-            names.append("cuda")
+    if kind == "cuda" and _probe_cuda_call(op, _device_index(device)) is None:
+        names.append("cuda")
     if kind == "cpu" and op == "scan" and fused_scan() is not None:
         names.append("fused")
     names.append("torch")
@@ -162,11 +194,11 @@ def resolve_backend(tensor, backend: str | None = None, op: str = "scan") -> str
             raise BackendUnavailableError(
                 f"scan back-end 'cuda' needs CUDA tensors, got {kind} tensors; "
                 f"unset {ENV_VAR} or pass backend='auto'")
-        probe = _probe_mamba_ssm() if op == "scan" else _probe_causal_conv1d()
-        if probe[0] is None:
+        reason = _probe_cuda_call(op, _device_index(tensor))
+        if reason is not None:
             pkg = "mamba-ssm" if op == "scan" else "causal-conv1d"
             raise BackendUnavailableError(
-                f"scan back-end 'cuda' needs {pkg} with its CUDA ops ({probe[1]}); {_CUDA_HINT}")
+                f"scan back-end 'cuda' needs {pkg} with its CUDA ops ({reason}); {_CUDA_HINT}")
     if name == "fused":
         if kind != "cpu":
             raise BackendUnavailableError(

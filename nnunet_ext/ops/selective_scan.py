@@ -42,8 +42,14 @@ BLOCK = 32
 #: bound on |exponent| inside a block; rows beyond it take the exact loop (e^40 ≈ 2e17, far from
 #: float32's 3e38 and from its subnormals, so products of gradients and factors stay exact)
 EXP_BOUND = 40.0
-#: state elements (B·E·N·tokens) per segment on CPU: ~4 MB float32 tensors that stay in L2/L3
+#: state elements (B·E·N·tokens) per segment on CPU: at least ~4 MB float32 tensors (they stay
+#: in L2/L3), more for long inputs so that there are at most MAX_SEGMENTS segments, up to
+#: SEGMENT_ELEMS_MAX (64 MB tensors). Few large ops matter when the CPU is oversubscribed (e.g.
+#: nnU-Net's augmentation workers beside training): every op is a parallel region whose threads
+#: may wait for a time slice, and thousands of small ops then cost seconds.
 SEGMENT_ELEMS = 1 << 20
+SEGMENT_ELEMS_MAX = 1 << 24
+MAX_SEGMENTS = 8
 #: the same on GPUs, where larger launches pay off (extra memory ~10 such tensors, ~1.3 GB)
 SEGMENT_ELEMS_CUDA = 1 << 25
 
@@ -158,17 +164,19 @@ class _BlockedScan(torch.autograd.Function):
         ctt = F.pad(Cm, (0, pad)).transpose(1, 2).contiguous()
         w = u_p * d_p[..., :lp]  # Δ u, (B, E, Lp)
 
-        seg_elems = SEGMENT_ELEMS if u.device.type == "cpu" else SEGMENT_ELEMS_CUDA
+        total = bsz * e * n * lp
+        seg_elems = (max(SEGMENT_ELEMS, min(SEGMENT_ELEMS_MAX, total // MAX_SEGMENTS))
+                     if u.device.type == "cpu" else SEGMENT_ELEMS_CUDA)
         seg = max(1, seg_elems // (bsz * e * n * T))
         y = u.new_empty(bsz, e, lp)
         h_in = u.new_empty(bsz, e, nblk, n)  # state at each block start (for backward)
         state = u.new_zeros(bsz, e, n)
+        tab = _BlockTable(d_p[:, :, :lp].reshape(bsz, e, nblk, T), A)
         for j0 in range(0, nblk, seg):
             j1 = min(nblk, j0 + seg)
             nb, s0, s1 = j1 - j0, j0 * T, j1 * T
-            dlb = d_p[:, :, s0:s1].reshape(bsz, e, nb, T)
             xb = w[:, :, s0:s1].reshape(bsz, e, nb, T, 1) * bt[:, None, s0:s1].reshape(bsz, 1, nb, T, n)
-            h, hin, state = _scan_blocks(dlb, xb, A, state)
+            h, hin, state = _scan_blocks(tab, j0, j1, xb, A, state)
             h_in[:, :, j0:j1] = hin
             torch.sum(h.mul_(ctt[:, None, s0:s1].reshape(bsz, 1, nb, T, n)), dim=-1,
                       out=y[:, :, s0:s1].view(bsz, e, nb, T))
@@ -197,6 +205,9 @@ class _BlockedScan(torch.autograd.Function):
         d_bt = u_p.new_empty(bsz, lp, n)
         d_ct = u_p.new_empty(bsz, lp, n)
         d_a = u_p.new_zeros(e, n)
+        tab = _BlockTable(d_p[:, :, :lp].reshape(bsz, e, nblk, T), A)
+        # reversed time: token τ of the reversed sequence reads Δ_{t+1}, t = Lp-1-τ
+        tab_r = _BlockTable(d_p[:, :, 1:].flip(-1).reshape(bsz, e, nblk, T), A)
         for j0 in reversed(range(0, nblk, seg)):
             j1 = min(nblk, j0 + seg)
             nb, s0, s1 = j1 - j0, j0 * T, j1 * T
@@ -204,14 +215,13 @@ class _BlockedScan(torch.autograd.Function):
             b_seg = bt[:, None, s0:s1]          # (B, 1, Ls, N)
             c_seg = ctt[:, None, s0:s1]
             # forward states h_t and α_t h_{t-1}, from the saved block-start states
-            dlb = d_p[:, :, s0:s1].reshape(bsz, e, nb, T)
             xb = w[:, :, s0:s1].reshape(bsz, e, nb, T, 1) * b_seg.reshape(bsz, 1, nb, T, n)
-            h, ahp = _states_known_start(dlb, xb, A, h_in[:, :, j0:j1])
-            # adjoint λ_t = C_t g_t + exp(Δ_{t+1} A) λ_{t+1}: the same scan on reversed time
-            dlr = d_p[:, :, s0 + 1:s1 + 1].flip(-1).reshape(bsz, e, nb, T)
+            h, ahp = _states_known_start(tab, j0, j1, xb, A, h_in[:, :, j0:j1])
+            # adjoint λ_t = C_t g_t + exp(Δ_{t+1} A) λ_{t+1}: the same scan on reversed time,
+            # where this segment is blocks nblk-j1 .. nblk-j0-1
             mur = (g[:, :, s0:s1].flip(-1).reshape(bsz, e, nb, T, 1)
                    * c_seg.flip(2).reshape(bsz, 1, nb, T, n))
-            lamr, _, lam = _scan_blocks(dlr, mur, A, lam)
+            lamr, _, lam = _scan_blocks(tab_r, nblk - j1, nblk - j0, mur, A, lam)
             lam_f = lamr.flip((2, 3)).reshape(bsz, e, ls, n)
             h = h.view(bsz, e, ls, n)
             ahp = ahp.view(bsz, e, ls, n)
@@ -233,74 +243,91 @@ class _BlockedScan(torch.autograd.Function):
 # blocked closed form
 # ---------------------------------------------------------------------------------------------
 
-def _block_factors(dlb, A):
-    """In-block exponents from the cumsum of Δ.
+class _BlockTable:
+    """Per-block factors of one time direction, computed once for the whole sequence.
 
-    dlb (B, E, nb, T) -> (cum (B,E,nb,T), c (B,E,nb) reference, unsafe (B,E,nb,N) bool or None).
-    The exponents used are (cum - c)·A and c·A; a (b, e, block, n) row is unsafe when one of
-    them can exceed :data:`EXP_BOUND` in magnitude.
+    From Δ in blocks, d (B, E, nblk, T), with S_t the in-block cumsum of Δ and c its value at the
+    block's middle token, the exponents used are (S_t − c)·A (per token) and c·A, S_T·A (per
+    block). A (b, e, block, n) row is *unsafe* when one of them can exceed :data:`EXP_BOUND` in
+    magnitude; such rows are redone by the exact loop.
+
+    Attributes: ``d`` (B, E, nblk, T); ``rel`` = S − c (B, E, nblk, T); ``decay`` = e^{S_T A} and
+    ``kexp`` = e^{c A} (B, E, nblk, N); ``unsafe`` (B, E, nblk, N) bool or None; ``unsafe_blocks``
+    list of bool per block.
     """
-    T = dlb.shape[-1]
-    cum = dlb.cumsum(-1)
-    c = cum[..., (T - 1) // 2]
-    span = torch.maximum((cum - c[..., None]).abs().amax(-1), c.abs())  # (B, E, nb)
-    unsafe = span[..., None] * A.abs()[:, None, :] > EXP_BOUND
-    return cum, c, (unsafe if bool(unsafe.any()) else None)
+
+    def __init__(self, d, A):
+        T = d.shape[-1]
+        cum = d.cumsum(-1)
+        c = cum[..., (T - 1) // 2]
+        self.d = d
+        self.rel = cum - c[..., None]
+        span = torch.maximum(self.rel.abs().amax(-1), c.abs())                  # (B, E, nblk)
+        unsafe = span[..., None] * A.abs()[:, None, :] > EXP_BOUND
+        per_block = unsafe.any(-1).any(1).any(0)                                 # (nblk,)
+        self.unsafe_blocks = per_block.tolist() if bool(per_block.any()) else None
+        self.unsafe = unsafe if self.unsafe_blocks is not None else None
+        a = A[:, None, :]
+        self.decay = torch.exp(cum[..., T - 1, None] * a)
+        self.kexp = torch.exp((c[..., None] * a).clamp_(-EXP_BOUND, EXP_BOUND))
+
+    def segment(self, j0, j1):
+        """(d, rel, decay, kexp, unsafe-or-None) of blocks j0..j1-1."""
+        unsafe = None
+        if self.unsafe_blocks is not None and any(self.unsafe_blocks[j0:j1]):
+            unsafe = self.unsafe[:, :, j0:j1]
+        return (self.d[:, :, j0:j1], self.rel[:, :, j0:j1], self.decay[:, :, j0:j1],
+                self.kexp[:, :, j0:j1], unsafe)
 
 
-def _scan_blocks(dlb, xb, A, h0):
-    """Scan from a given initial state; block-start states found by the carry loop.
+def _exponentials(rel, A, clamp):
+    """e_t = exp((S_t − c)·A): (B, E, nb, T) × (E, N) -> (B, E, nb, T, N)."""
+    ex = rel[..., None] * A[:, None, None, :]
+    if clamp:  # unsafe rows are recomputed exactly afterwards; keep them finite meanwhile
+        ex.clamp_(-EXP_BOUND, EXP_BOUND)
+    return ex.exp_()
 
-    dlb (B, E, nb, T) Δ; xb (B, E, nb, T, N) inputs x_t (overwritten); A (E, N); h0 (B, E, N).
+
+def _scan_blocks(tab, j0, j1, xb, A, h0):
+    """Scan blocks j0..j1-1 from the state h0; block-start states found by the carry loop.
+
+    tab: :class:`_BlockTable`; xb (B, E, nb, T, N) inputs x_t (overwritten); A (E, N); h0 (B, E, N).
     Returns h (B, E, nb, T, N) (``xb``'s storage), block-start states (B, E, nb, N), h_end (B, E, N).
     """
-    cum, c, unsafe = _block_factors(dlb, A)
-    T = dlb.shape[-1]
-    rows = _gather_rows(unsafe, dlb, xb, A) if unsafe is not None else None
-    ex = (cum - c[..., None])[..., None] * A[:, None, None, :]   # (cum_t - c)·A
-    if rows is not None:
-        ex.clamp_(-EXP_BOUND, EXP_BOUND)  # unsafe rows are recomputed below; keep them finite
-    ex.exp_()
+    d, rel, decay, kexp, unsafe = tab.segment(j0, j1)
+    T = d.shape[-1]
+    rows = _gather_rows(unsafe, d, xb, A) if unsafe is not None else None
+    ex = _exponentials(rel, A, rows is not None)
     q = xb.div_(ex).cumsum_(3)                                    # Σ_{s≤t} x_s e^{c - S_s}
     g_end = ex[..., T - 1, :] * q[..., T - 1, :]                  # block-local state at its end
-    p_blk = torch.exp(cum[..., T - 1, None] * A[:, None, :])                # decay over the whole block
     if rows is not None:
         idx, a_r, x_r = rows
         h_r = _loop_rows(a_r, x_r, None)[0]
         g_end[idx] = h_r[:, -1]
-    h_start, h_end = _carry(p_blk, g_end, h0)
-    k = c[..., None] * A[:, None, :]                              # c·A (B, E, nb, N)
-    if rows is not None:
-        k.clamp_(-EXP_BOUND, EXP_BOUND)
-    k = k.exp_().mul_(h_start)                                     # e^{c A} h_start
-    h = q.add_(k[..., None, :]).mul_(ex)
+    h_start, h_end = _carry(decay, g_end, h0)
+    h = q.add_((kexp * h_start)[..., None, :]).mul_(ex)          # e_t (e^{cA} h_start + q_t)
     if rows is not None:
         hs = h_start[idx]
         h[idx[0], idx[1], idx[2], :, idx[3]] = h_r + torch.exp(a_r.cumsum(1)) * hs[:, None]
     return h, h_start, h_end
 
 
-def _states_known_start(dlb, xb, A, h_start):
-    """States and α_t h_{t-1} when each block's start state is known (backward recompute).
+def _states_known_start(tab, j0, j1, xb, A, h_start):
+    """States and α_t h_{t-1} of blocks j0..j1-1 when each block's start state is known.
 
-    dlb (B, E, nb, T); xb (B, E, nb, T, N); h_start (B, E, nb, N).
+    xb (B, E, nb, T, N) (overwritten); h_start (B, E, nb, N).
     Returns h, α_t·h_{t-1}, both (B, E, nb, T, N).
     """
     bsz, e, nb, T, n = xb.shape
-    cum, c, unsafe = _block_factors(dlb, A)
-    rows = _gather_rows(unsafe, dlb, xb, A) if unsafe is not None else None
-    ex = (cum - c[..., None])[..., None] * A[:, None, None, :]
-    k = c[..., None] * A[:, None, :]                              # c·A (B, E, nb, N)
-    if rows is not None:
-        ex.clamp_(-EXP_BOUND, EXP_BOUND)
-        k.clamp_(-EXP_BOUND, EXP_BOUND)
-    ex.exp_()
+    d, rel, decay, kexp, unsafe = tab.segment(j0, j1)
+    rows = _gather_rows(unsafe, d, xb, A) if unsafe is not None else None
+    ex = _exponentials(rel, A, rows is not None)
     qb = xb.new_empty(bsz, e, nb, T + 1, n)
-    torch.mul(k.exp_(), h_start, out=qb[..., 0, :])
+    torch.mul(kexp, h_start, out=qb[..., 0, :])
     torch.div(xb, ex, out=qb[..., 1:, :])
     qb.cumsum_(3)                                   # qb[t+1] = K + Σ_{s≤t} x_s e^{c - S_s}
     h = torch.mul(qb[..., 1:, :], ex, out=xb)       # h_t
-    ahp = qb[..., :T, :].mul(ex)                    # α_t h_{t-1} = e_t (K + Σ_{s<t} ...)
+    ahp = ex.mul_(qb[..., :T, :])                   # α_t h_{t-1} = e_t (K + Σ_{s<t} ...)
     if rows is not None:
         idx, a_r, x_r = rows
         h_r, ahp_r = _loop_rows(a_r, x_r, h_start[idx])

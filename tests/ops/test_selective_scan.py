@@ -122,11 +122,12 @@ def test_return_last_state_shape():
 
 # --------------------------------------------------------------------------- torch back-end internals
 
-@pytest.mark.parametrize("segment_elems", [1, 300])
+@pytest.mark.parametrize("segment_elems", [1, 2000])
 @pytest.mark.parametrize("length", [T + 1, 5 * T + 3])
 def test_torch_backend_across_segments(monkeypatch, segment_elems, length):
-    """The sequence is cut into segments (1 and a few blocks each); the state crosses them."""
+    """The sequence is cut into segments (1 and 2 blocks each); the state crosses them."""
     monkeypatch.setattr(ss, "SEGMENT_ELEMS", segment_elems)
+    monkeypatch.setattr(ss, "MAX_SEGMENTS", 10_000)
     check("torch", make_inputs(length=length, seed=length), delta_softplus=True, return_last_state=True)
 
 

@@ -29,7 +29,7 @@ def test_train_and_predict_with_stock_cli(tiny_dataset, trainer, tmp_path):
 
 
 def test_resume_with_c_continues_from_latest_checkpoint(tiny_dataset):
-    first, second = "SmallUNetTrainer_1epoch_2iters", "SmallUNetTrainer_2epochs_2iters"
+    first, second = "UNETRPPTrainer_1epoch_2iters", "UNETRPPTrainer_2epochs_2iters"
     if not (tiny_dataset.output_folder(first) / "fold_0" / "checkpoint_final.pth").is_file():
         tiny_dataset.train(first)
     copy_as_interrupted(tiny_dataset.output_folder(first) / "fold_0", tiny_dataset.output_folder(second) / "fold_0")
