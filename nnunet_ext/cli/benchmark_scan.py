@@ -52,10 +52,11 @@ def run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("nnunet-ext benchmark-scan: --device cuda but torch sees no CUDA device")
-    progress = None if args.json else (
-        lambda r: print(f"  B{r['B']} E{r['E']} N{r['N']} L{r['L']} {r['method']}: "
-                        f"{r.get('fwd_bwd_ms', float('nan')):.1f} ms fwd+bwd"
-                        + (f" ({r['note']})" if r.get("note") else ""), file=sys.stderr, flush=True))
+    def progress(r):  # one line per measurement on stderr, so an interrupted run still has its numbers
+        nums = (f"fwd {r['fwd_ms']:.1f} ms, fwd+bwd {r['fwd_bwd_ms']:.1f} ms, "
+                f"extra peak {r.get('extra_peak_mb', '-')} MB" if "fwd_ms" in r else r.get("note", ""))
+        print(f"  B{r['B']} E{r['E']} N{r['N']} L{r['L']} {r['method']}: {nums}", file=sys.stderr, flush=True)
+
     load0 = os.getloadavg()[0]
     rows = bm.benchmark_scan(cases, methods, args.repeats, device, args.threads, not args.no_memory,
                              args.ref_max_length or bm.REF_MAX_LENGTH, progress)

@@ -14,13 +14,16 @@ The PyTorch back-end (``torch``) is a *blocked* scan, written as one ``autograd.
 
       h_t = e_t · (K + Σ_{s≤t} x_s / e_s),   e_t = exp(S_t − c),   K = exp(c) · h_{block start},
 
-  where ``x_s = Δ_s B_s u_s``. Every exponent is bounded by ``M`` = :data:`EXP_BOUND` (checked per
-  (batch, channel, block, state) from the cumsum of Δ); rows whose Δ·A is too large for that
-  (states that forget within a few tokens) are redone exactly by a T-step loop over just those
-  rows. Nothing exponentiates a large positive number and nothing forms an L×L or T×T matrix.
+  where ``x_s = Δ_s B_s u_s`` and S, c are multiplied by A. Every exponent is kept within
+  ±``M`` = :data:`EXP_BOUND` (checked per block from the cumsum of Δ, once per call): nothing
+  exponentiates a large positive number, and nothing forms an L×L or T×T matrix. A segment with
+  a block where Δ·A is too large for that (states that forget within a few tokens, common in
+  trained networks) runs the exact recurrence instead, one step per in-block position,
+  vectorised over all its blocks (T steps; measured as fast as the closed form on CPU).
 - The state between blocks is carried by a Python loop over L/T blocks (one ``addcmul`` each).
-- The sequence is processed in segments of about :data:`SEGMENT_ELEMS` state elements, so the
-  (B, E, ·, N) temporaries stay in cache and the extra memory is independent of L.
+- The sequence is processed in segments of :data:`SEGMENT_ELEMS` state elements or more (at most
+  :data:`MAX_SEGMENTS` segments, each at most :data:`SEGMENT_ELEMS_MAX`), so temporaries stay
+  small: the extra memory is bounded, not B·E·N·L.
 - Forward saves only its inputs and the state at each block start (1/T of the states); backward
   recomputes each segment's states and runs the adjoint recurrence
   ``λ_t = C_t g_t + exp(Δ_{t+1} A) λ_{t+1}`` with the same blocked code on time-reversed
@@ -39,8 +42,8 @@ from nnunet_ext.ops import backends
 
 #: tokens per block of the PyTorch scan (chosen by measurement, see `nnunet-ext benchmark-scan`)
 BLOCK = 32
-#: bound on |exponent| inside a block; rows beyond it take the exact loop (e^40 ≈ 2e17, far from
-#: float32's 3e38 and from its subnormals, so products of gradients and factors stay exact)
+#: bound on |exponent| in the closed form; blocks beyond it take the exact loop (e^40 ≈ 2e17, far
+#: from float32's 3e38 and from its subnormals, so products of gradients and factors stay exact)
 EXP_BOUND = 40.0
 #: state elements (B·E·N·tokens) per segment on CPU: at least ~4 MB float32 tensors (they stay
 #: in L2/L3), more for long inputs so that there are at most MAX_SEGMENTS segments, up to
@@ -247,13 +250,13 @@ class _BlockTable:
     """Per-block factors of one time direction, computed once for the whole sequence.
 
     From Δ in blocks, d (B, E, nblk, T), with S_t the in-block cumsum of Δ and c its value at the
-    block's middle token, the exponents used are (S_t − c)·A (per token) and c·A, S_T·A (per
-    block). A (b, e, block, n) row is *unsafe* when one of them can exceed :data:`EXP_BOUND` in
-    magnitude; such rows are redone by the exact loop.
+    block's middle token, the closed form uses the exponents (S_t − c)·A (per token) and c·A
+    (per block); the carry uses e^{S_T A}. A block is *unsafe* when, for some (batch, channel,
+    state), one of the first two can exceed :data:`EXP_BOUND` in magnitude (states that forget
+    within a few tokens); segments with an unsafe block take the exact in-block loop instead.
 
     Attributes: ``d`` (B, E, nblk, T); ``rel`` = S − c (B, E, nblk, T); ``decay`` = e^{S_T A} and
-    ``kexp`` = e^{c A} (B, E, nblk, N); ``unsafe`` (B, E, nblk, N) bool or None; ``unsafe_blocks``
-    list of bool per block.
+    ``kexp`` = e^{c A} (B, E, nblk, N); ``unsafe_blocks``: list of bool per block, or None.
     """
 
     def __init__(self, d, A):
@@ -263,29 +266,23 @@ class _BlockTable:
         self.d = d
         self.rel = cum - c[..., None]
         span = torch.maximum(self.rel.abs().amax(-1), c.abs())                  # (B, E, nblk)
-        unsafe = span[..., None] * A.abs()[:, None, :] > EXP_BOUND
-        per_block = unsafe.any(-1).any(1).any(0)                                 # (nblk,)
-        self.unsafe_blocks = per_block.tolist() if bool(per_block.any()) else None
-        self.unsafe = unsafe if self.unsafe_blocks is not None else None
+        worst = (span[..., None] * A.abs()[:, None, :]).amax(-1).amax(1).amax(0)  # (nblk,)
+        unsafe = worst > EXP_BOUND
+        self.unsafe_blocks = unsafe.tolist() if bool(unsafe.any()) else None
         a = A[:, None, :]
         self.decay = torch.exp(cum[..., T - 1, None] * a)
         self.kexp = torch.exp((c[..., None] * a).clamp_(-EXP_BOUND, EXP_BOUND))
 
     def segment(self, j0, j1):
-        """(d, rel, decay, kexp, unsafe-or-None) of blocks j0..j1-1."""
-        unsafe = None
-        if self.unsafe_blocks is not None and any(self.unsafe_blocks[j0:j1]):
-            unsafe = self.unsafe[:, :, j0:j1]
+        """(d, rel, decay, kexp, closed_form_is_safe) of blocks j0..j1-1."""
+        safe = self.unsafe_blocks is None or not any(self.unsafe_blocks[j0:j1])
         return (self.d[:, :, j0:j1], self.rel[:, :, j0:j1], self.decay[:, :, j0:j1],
-                self.kexp[:, :, j0:j1], unsafe)
+                self.kexp[:, :, j0:j1], safe)
 
 
-def _exponentials(rel, A, clamp):
-    """e_t = exp((S_t − c)·A): (B, E, nb, T) × (E, N) -> (B, E, nb, T, N)."""
-    ex = rel[..., None] * A[:, None, None, :]
-    if clamp:  # unsafe rows are recomputed exactly afterwards; keep them finite meanwhile
-        ex.clamp_(-EXP_BOUND, EXP_BOUND)
-    return ex.exp_()
+def _exponentials(x, A):
+    """exp(x ⊗ A): (B, E, nb, T) × (E, N) -> (B, E, nb, T, N)."""
+    return (x[..., None] * A[:, None, None, :]).exp_()
 
 
 def _scan_blocks(tab, j0, j1, xb, A, h0):
@@ -294,21 +291,21 @@ def _scan_blocks(tab, j0, j1, xb, A, h0):
     tab: :class:`_BlockTable`; xb (B, E, nb, T, N) inputs x_t (overwritten); A (E, N); h0 (B, E, N).
     Returns h (B, E, nb, T, N) (``xb``'s storage), block-start states (B, E, nb, N), h_end (B, E, N).
     """
-    d, rel, decay, kexp, unsafe = tab.segment(j0, j1)
+    d, rel, decay, kexp, safe = tab.segment(j0, j1)
     T = d.shape[-1]
-    rows = _gather_rows(unsafe, d, xb, A) if unsafe is not None else None
-    ex = _exponentials(rel, A, rows is not None)
-    q = xb.div_(ex).cumsum_(3)                                    # Σ_{s≤t} x_s e^{c - S_s}
-    g_end = ex[..., T - 1, :] * q[..., T - 1, :]                  # block-local state at its end
-    if rows is not None:
-        idx, a_r, x_r = rows
-        h_r = _loop_rows(a_r, x_r, None)[0]
-        g_end[idx] = h_r[:, -1]
-    h_start, h_end = _carry(decay, g_end, h0)
-    h = q.add_((kexp * h_start)[..., None, :]).mul_(ex)          # e_t (e^{cA} h_start + q_t)
-    if rows is not None:
-        hs = h_start[idx]
-        h[idx[0], idx[1], idx[2], :, idx[3]] = h_r + torch.exp(a_r.cumsum(1)) * hs[:, None]
+    if safe:  # closed form: h_t = e_t (e^{cA} h_start + Σ_{s≤t} x_s / e_s),  e_t = e^{(S_t - c) A}
+        ex = _exponentials(rel, A)
+        q = xb.div_(ex).cumsum_(3)
+        g_end = ex[..., T - 1, :] * q[..., T - 1, :]               # block-local state at its end
+        h_start, h_end = _carry(decay, g_end, h0)
+        h = q.add_((kexp * h_start)[..., None, :]).mul_(ex)
+        return h, h_start, h_end
+    # exact in-block loop (vectorised over all blocks), then the same carry
+    alpha = _exponentials(d, A)                                    # α_t = e^{Δ_t A}
+    for t in range(1, T):
+        torch.addcmul(xb[..., t, :], alpha[..., t, :], xb[..., t - 1, :], out=xb[..., t, :])
+    h_start, h_end = _carry(decay, xb[..., T - 1, :], h0)
+    h = xb.addcmul_(alpha.cumprod_(3), h_start[..., None, :])     # + e^{S_t A} h_start
     return h, h_start, h_end
 
 
@@ -319,41 +316,22 @@ def _states_known_start(tab, j0, j1, xb, A, h_start):
     Returns h, α_t·h_{t-1}, both (B, E, nb, T, N).
     """
     bsz, e, nb, T, n = xb.shape
-    d, rel, decay, kexp, unsafe = tab.segment(j0, j1)
-    rows = _gather_rows(unsafe, d, xb, A) if unsafe is not None else None
-    ex = _exponentials(rel, A, rows is not None)
-    qb = xb.new_empty(bsz, e, nb, T + 1, n)
-    torch.mul(kexp, h_start, out=qb[..., 0, :])
-    torch.div(xb, ex, out=qb[..., 1:, :])
-    qb.cumsum_(3)                                   # qb[t+1] = K + Σ_{s≤t} x_s e^{c - S_s}
-    h = torch.mul(qb[..., 1:, :], ex, out=xb)       # h_t
-    ahp = ex.mul_(qb[..., :T, :])                   # α_t h_{t-1} = e_t (K + Σ_{s<t} ...)
-    if rows is not None:
-        idx, a_r, x_r = rows
-        h_r, ahp_r = _loop_rows(a_r, x_r, h_start[idx])
-        h[idx[0], idx[1], idx[2], :, idx[3]] = h_r
-        ahp[idx[0], idx[1], idx[2], :, idx[3]] = ahp_r
-    return h, ahp
-
-
-def _gather_rows(unsafe, dlb, xb, A):
-    """Rows (b, e, block, n) flagged unsafe: their Δ·A (R, T) and x (R, T), before xb is overwritten."""
-    idx = unsafe.nonzero(as_tuple=True)
-    a_r = dlb[idx[0], idx[1], idx[2]] * A[idx[1], idx[3]][:, None]
-    x_r = xb[idx[0], idx[1], idx[2], :, idx[3]].clone()
-    return idx, a_r, x_r
-
-
-def _loop_rows(a_r, x_r, h0):
-    """Exact recurrence over a block's T tokens for R rows: h (R, T) and α_t h_{t-1} (R, T)."""
-    alpha = torch.exp(a_r)
-    h = torch.empty_like(x_r)
-    ahp = torch.empty_like(x_r)
-    prev = x_r.new_zeros(x_r.shape[0]) if h0 is None else h0
-    for t in range(x_r.shape[1]):
-        torch.mul(alpha[:, t], prev, out=ahp[:, t])
-        prev = torch.add(ahp[:, t], x_r[:, t], out=h[:, t])
-    return h, ahp
+    d, rel, decay, kexp, safe = tab.segment(j0, j1)
+    if safe:
+        ex = _exponentials(rel, A)
+        qb = xb.new_empty(bsz, e, nb, T + 1, n)
+        torch.mul(kexp, h_start, out=qb[..., 0, :])
+        torch.div(xb, ex, out=qb[..., 1:, :])
+        qb.cumsum_(3)                               # qb[t+1] = e^{cA} h_start + Σ_{s≤t} x_s / e_s
+        h = torch.mul(qb[..., 1:, :], ex, out=xb)   # h_t
+        ahp = ex.mul_(qb[..., :T, :])               # α_t h_{t-1} = e_t (e^{cA} h_start + Σ_{s<t} ...)
+        return h, ahp
+    ahp = _exponentials(d, A)                       # α_t, then α_t h_{t-1} in place
+    prev = h_start
+    for t in range(T):
+        a_t = ahp[..., t, :].mul_(prev)
+        prev = xb[..., t, :].add_(a_t)
+    return xb, ahp
 
 
 def _carry(p_blk, g_end, h0):

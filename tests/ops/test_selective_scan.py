@@ -139,10 +139,21 @@ def test_torch_backend_other_block_sizes(block):
     close(y, selective_scan_sequential(**inputs, delta_softplus=True), f"block {block}")
 
 
-def test_torch_backend_every_row_takes_the_exact_loop(monkeypatch):
-    """EXP_BOUND tiny: every (batch, channel, block, state) row is redone by the T-step loop."""
+def test_torch_backend_every_block_takes_the_exact_loop(monkeypatch):
+    """EXP_BOUND tiny: no block is safe for the closed form, every segment runs the in-block loop."""
     monkeypatch.setattr(ss, "EXP_BOUND", 1e-6)
     check("torch", make_inputs(length=2 * T + 5, seed=9), delta_softplus=True, return_last_state=True)
+
+
+def test_torch_backend_closed_form_and_loop_segments_mixed(monkeypatch):
+    """Large Δ only in the second half: closed-form and loop segments hand the state to each other."""
+    monkeypatch.setattr(ss, "SEGMENT_ELEMS", 1)
+    monkeypatch.setattr(ss, "MAX_SEGMENTS", 10_000)
+    inputs = make_inputs(b=1, e=3, n=4, length=6 * T + 3, seed=10, delta_scale=0.2)
+    inputs["delta"][..., 3 * T:] *= 50.0
+    tab = ss._BlockTable(inputs["delta"][..., :6 * T].reshape(1, 3, 6, T), inputs["A"])
+    assert tab.unsafe_blocks[:3] == [False] * 3 and all(tab.unsafe_blocks[3:])
+    check("torch", inputs, delta_softplus=False, return_last_state=True)
 
 
 def test_torch_backend_gradcheck_float64():
