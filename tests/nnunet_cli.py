@@ -74,10 +74,12 @@ class TinyDataset:
     def output_folder(self, trainer: str, configuration: str = "3d_fullres", plans: str = "nnUNetPlans") -> Path:
         return self.root / "results" / DATASET_NAME / f"{trainer}__{plans}__{configuration}"
 
-    def predict(self, trainer: str, out: Path, folds: str = "0", *more: str) -> subprocess.CompletedProcess:
+    def predict(self, trainer: str, out: Path, folds: str = "0", *more: str,
+                env: dict | None = None) -> subprocess.CompletedProcess:
+        """``nnUNetv2_predict`` of ``imagesTs`` (no TTA); ``env`` adds variables to the clean environment."""
         return run(["nnUNetv2_predict", "-i", str(self.raw / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID),
                     "-c", "3d_fullres", "-f", *folds.split(), "-tr", trainer, "-device", "cpu",
-                    "-npp", "1", "-nps", "1", "--disable_tta", *more], self.env)
+                    "-npp", "1", "-nps", "1", "--disable_tta", *more], {**self.env, **(env or {})})
 
 
 def make_tiny_dataset(root: Path) -> TinyDataset:

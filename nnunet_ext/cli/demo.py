@@ -5,15 +5,22 @@ Steps (each skipped when its output exists, so re-running reuses the work):
 2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres``;
 3. ``nnUNetv2_train ... -tr <Trainer>_<E>epochs_<I>iters`` for each fold;
 4. with all five folds: ``nnUNetv2_find_best_configuration``;
-5. ``nnUNetv2_predict`` of the held-out test cases (ensemble of the trained folds);
+5. ``nnUNetv2_predict`` of the held-out test cases (ensemble of the trained folds), then with five
+   folds ``nnUNetv2_apply_postprocessing`` with the postprocessing the previous step selected;
 6. evaluation against the held-out labels (Dice, HD95, NSD per class and case) and PNG overlays.
+
+Steps 3-6 run for each ``--trainer`` given; with several, a table compares them (test Dice, HD95,
+NSD, cross-validation Dice, and seconds per training iteration from the variants' timing).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -27,14 +34,16 @@ DEFAULT_EPOCHS = 10
 DEFAULT_ITERS = 15
 DEMO_SPACING_MM = 4.0
 
-_SHOW = re.compile(r"(Epoch \d+|train_loss|val_loss|Pseudo dice|Epoch time|Mean Validation Dice|"
+_SHOW = re.compile(r"(Epoch \d+|Train step|train_loss|val_loss|Pseudo dice|Epoch time|Mean Validation Dice|"
                    r"Traceback|Error|error:)")
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="build the demo dataset, plan, train, predict and evaluate with stock nnU-Net")
-    p.add_argument("--trainer", default=DEFAULT_TRAINER, help=f"trainer name (default {DEFAULT_TRAINER}; "
-                   "see `nnunet-ext trainers`; nnUNetTrainer gives stock nnU-Net for comparison)")
+    p.add_argument("--trainer", nargs="+", default=[DEFAULT_TRAINER], metavar="TRAINER",
+                   help=f"trainer name(s) (default {DEFAULT_TRAINER}; see `nnunet-ext trainers`; nnUNetTrainer is "
+                   "stock nnU-Net); several are trained on the same data one after the other and compared in "
+                   "one table (Dice, HD95, NSD, seconds per training iteration)")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"epochs per fold (default {DEFAULT_EPOCHS})")
     p.add_argument("--iters", type=int, default=DEFAULT_ITERS,
                    help=f"training iterations per epoch (default {DEFAULT_ITERS}; nnU-Net's is 250)")
@@ -95,24 +104,26 @@ def run(args) -> int:
     import torch
 
     from nnunet_ext.data import demo as demo_data
-    from nnunet_ext.trainers.variants import parse_variant, variant_name
+    from nnunet_ext.trainers.variants import parse_variant
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("nnunet-ext demo: --device cuda but torch sees no CUDA device; use --device cpu")
-    if parse_variant(args.trainer):
+    if any(parse_variant(t) for t in args.trainer):
         raise SystemExit("nnunet-ext demo: give the base trainer name (e.g. UNETRPPTrainer); "
                          "the demo picks the short-run variant from --epochs/--iters")
+    if len(set(args.trainer)) != len(args.trainer):
+        raise SystemExit("nnunet-ext demo: --trainer names a trainer twice")
     if sorted(set(args.folds)) != sorted(args.folds) or not all(0 <= f <= 4 for f in args.folds):
         raise SystemExit("nnunet-ext demo: --folds takes distinct folds from 0 1 2 3 4")
-    _check_trainer(args.trainer)
+    for t in args.trainer:
+        _check_trainer(t)
 
     dataset_id = args.dataset_id or demo_data.DEMO_DATASET_ID
     name = demo_data.demo_dataset_path("", dataset_id).name
     wf = Workflow(dataset_id, name, device)
-    trainer = variant_name(args.trainer, args.epochs, args.iters)
     t_start = time.time()
-    print(f"nnunet-ext demo: trainer {trainer} ({args.epochs} epochs x {args.iters} iterations, folds "
+    print(f"nnunet-ext demo: {', '.join(args.trainer)} ({args.epochs} epochs x {args.iters} iterations, folds "
           f"{' '.join(map(str, args.folds))}) on {device}\n  nnUNet_raw={wf.env['nnUNet_raw']}\n"
           f"  nnUNet_preprocessed={wf.env['nnUNet_preprocessed']}\n  nnUNet_results={wf.env['nnUNet_results']}")
 
@@ -130,33 +141,123 @@ def run(args) -> int:
     else:
         print(f"\n==> reusing plans and preprocessed data in {wf.preprocessed}")
 
+    # 3.-6. per trainer, on the same data
+    rows = [_run_trainer(wf, base, args, raw_dir) for base in args.trainer]
+    if len(rows) > 1:
+        table = _comparison_table(rows)
+        print("\n==> Side by side (same data, plans, epochs and iterations; s/iteration: median of nnU-Net's "
+              f"train_step after the first epoch, on {device})\n    " + table.replace("\n", "\n    "))
+        wf.out.mkdir(parents=True, exist_ok=True)
+        stem = "comparison_" + "_".join(r["trainer"] for r in rows)
+        (wf.out / f"{stem}.md").write_text(table + "\n")
+        (wf.out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
+        print(f"    written to {wf.out / stem}.md and .json")
+    print(f"\nTotal wall time {time.time() - t_start:.0f} s.")
+    return 0
+
+
+def _run_trainer(wf: Workflow, base: str, args, raw_dir: Path) -> dict:
+    """Train ``base``'s short-run variant on the requested folds, pick the configuration (five folds),
+    predict and evaluate the held-out cases; returns the row of the comparison table."""
+    from nnunet_ext.trainers.variants import read_step_times, variant_name
+
+    trainer = variant_name(base, args.epochs, args.iters)
+    out_dir = wf.out / trainer
+    folds_dir = wf.results(trainer)
+    print(f"\n######## {trainer}")
+
     # 3. train
-    train_seconds = {}
+    wall_file = out_dir / "training_wall_seconds.json"
+    wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
     for fold in args.folds:
-        if (wf.results(trainer) / f"fold_{fold}" / "checkpoint_final.pth").is_file():
-            print(f"\n==> fold {fold}: reusing the trained model in {wf.results(trainer) / f'fold_{fold}'}")
+        if (folds_dir / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+            print(f"\n==> fold {fold}: reusing the trained model in {folds_dir / f'fold_{fold}'}")
             continue
-        train_seconds[fold] = wf.run(f"training fold {fold}", ["nnUNetv2_train", str(dataset_id), "3d_fullres",
-                                                                str(fold), "-tr", trainer, "-device", device])
+        wall[str(fold)] = wf.run(f"training fold {fold}", ["nnUNetv2_train", str(wf.dataset_id), "3d_fullres",
+                                                           str(fold), "-tr", trainer, "-device", wf.device])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        wall_file.write_text(json.dumps(wall, indent=1) + "\n")
+    val_dice = {f: _validation_dice(folds_dir / f"fold_{f}") for f in args.folds}
+    print("\n==> cross-validation Dice (nnU-Net's validation of each fold): "
+          + ", ".join(f"fold {f} {d:.3f}" for f, d in val_dice.items()))
 
     # 4. five folds: nnU-Net's model selection (cross-validation Dice, postprocessing)
+    best = None
     if sorted(args.folds) == [0, 1, 2, 3, 4]:
-        wf.run("find best configuration", ["nnUNetv2_find_best_configuration", str(dataset_id), "-c", "3d_fullres",
+        wf.run("find best configuration", ["nnUNetv2_find_best_configuration", str(wf.dataset_id), "-c", "3d_fullres",
                                            "-tr", trainer, "-f", "0", "1", "2", "3", "4",
                                            "-np", wf.env["nnUNet_def_n_proc"]])
+        info = json.loads((folds_dir.parent / "inference_information.json").read_text())["best_model_or_ensemble"]
+        best = {"models": [f"{m['trainer']}__{m['plans']}__{m['configuration']}"
+                           for m in info["selected_model_or_models"]],
+                "crossval_dice": info["result_on_crossval_pre_pp"],
+                "crossval_dice_postprocessed": info["result_on_crossval_post_pp"],
+                "postprocessing_file": info["postprocessing_file"], "plans_file": info["some_plans_file"]}
+        print(f"    best: {', '.join(best['models'])}; cross-validation Dice {best['crossval_dice']:.4f} "
+              f"({best['crossval_dice_postprocessed']:.4f} with its postprocessing)")
 
-    # 5. predict the held-out cases
-    pred_dir = wf.out / trainer / "test_predictions"
-    wf.run("predicting the held-out test cases", [
-        "nnUNetv2_predict", "-i", str(raw_dir / "imagesTs"), "-o", str(pred_dir), "-d", str(dataset_id),
-        "-c", "3d_fullres", "-tr", trainer, "-f", *map(str, args.folds), "-device", device,
-        "-npp", "1", "-nps", "1"])
+    # 5. predict the held-out cases (reused when newer than every checkpoint)
+    pred_dir = out_dir / "test_predictions"
+    checkpoints = [folds_dir / f"fold_{f}" / "checkpoint_final.pth" for f in args.folds]
+    if _predictions_up_to_date(raw_dir / "imagesTs", pred_dir, checkpoints):
+        print(f"\n==> reusing the test predictions in {pred_dir}")
+    else:
+        wf.run("predicting the held-out test cases", [
+            "nnUNetv2_predict", "-i", str(raw_dir / "imagesTs"), "-o", str(pred_dir), "-d", str(wf.dataset_id),
+            "-c", "3d_fullres", "-tr", trainer, "-f", *map(str, args.folds), "-device", wf.device,
+            "-npp", "1", "-nps", "1"])
+    if best is not None:  # what nnU-Net's inference_instructions.txt says to run next
+        pp_dir = out_dir / "test_predictions_postprocessed"
+        wf.run("applying the selected postprocessing", [
+            "nnUNetv2_apply_postprocessing", "-i", str(pred_dir), "-o", str(pp_dir), "-pp_pkl_file",
+            best["postprocessing_file"], "-np", "1", "-plans_json", best["plans_file"]])
+        pred_dir = pp_dir
 
     # 6. evaluate
-    _report(raw_dir, pred_dir, wf.out / trainer)
-    print(f"\nTotal wall time {time.time() - t_start:.0f} s. Models: {wf.results(trainer)}\n"
-          f"Predictions: {pred_dir}")
-    return 0
+    res = _report(raw_dir, pred_dir, out_dir)
+    print(f"    models: {folds_dir}\n    predictions: {pred_dir}")
+    steps = [read_step_times(folds_dir / f"fold_{f}") for f in args.folds]
+    steps = [s["median_s_per_iteration"] for s in steps if s]
+    return {"trainer": trainer, "folds": list(args.folds),
+            "s_per_iteration": statistics.median(steps) if steps else None,
+            "training_wall_s": sum(wall.get(str(f), 0.0) for f in args.folds) if all(str(f) in wall for f in args.folds)
+            else None,
+            "validation_dice": {str(f): d for f, d in val_dice.items()}, "best_configuration": best,
+            "test_dice": {res["labels"][k]: m["dice"] for k, m in res["mean"].items()},
+            "test_overall": res["overall"]}
+
+
+def _validation_dice(fold_dir: Path) -> float:
+    """Foreground-mean Dice of nnU-Net's validation of one fold (``validation/summary.json``)."""
+    return json.loads((fold_dir / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
+
+
+def _predictions_up_to_date(images: Path, pred_dir: Path, checkpoints: list[Path]) -> bool:
+    cases = [p.name[:-len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz")]
+    preds = [pred_dir / f"{c}.nii.gz" for c in cases]
+    if not cases or not all(p.is_file() for p in preds):
+        return False
+    return min(p.stat().st_mtime for p in preds) > max(c.stat().st_mtime for c in checkpoints)
+
+
+def _comparison_table(rows: list[dict]) -> str:
+    """Markdown: one row per trainer; s/iteration also as a ratio to stock nnUNetTrainer's when present."""
+    def f(x, nd=3):
+        return "-" if x is None else ("nan" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.{nd}f}"))
+
+    ref = next((r["s_per_iteration"] for r in rows if r["trainer"].startswith("nnUNetTrainer_")), None)
+    classes = list(rows[0]["test_dice"])
+    head = (["trainer", "s/iteration", "× nnU-Net", "training wall s", "validation Dice (folds)"]
+            + [f"test Dice {c}" for c in classes] + ["test Dice mean", "HD95 mm", "NSD@1mm"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        s, o = r["s_per_iteration"], r["test_overall"]
+        ratio = s / ref if s is not None and ref else None
+        vals = [r["trainer"], f(s, 2), f(ratio, 2), f(r["training_wall_s"], 0),
+                " / ".join(f(d) for d in r["validation_dice"].values())]
+        vals += [f(r["test_dice"][c]) for c in classes] + [f(o["dice"]), f(o["hd95"], 2), f(o["nsd"])]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
 
 
 def _check_trainer(name: str) -> None:

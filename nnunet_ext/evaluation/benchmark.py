@@ -38,6 +38,8 @@ import sys
 import time
 from typing import Callable, Sequence
 
+from nnunet_ext._procmem import peak_rss_bytes, reset_peak_rss
+
 #: the row name of stock nnU-Net's default network
 NNUNET = "nnunet (PlainConvUNet)"
 #: registered networks left out by default (the spine's test network)
@@ -121,43 +123,6 @@ def _nnunet_loss(n_outputs: int):
     return DeepSupervisionWrapper(loss, [w / total for w in weights])
 
 
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_bytes() -> int:
-    """This process's peak resident set size in bytes.
-
-    Linux: ``VmHWM`` of ``/proc/self/status``, the peak of this process's own memory. Not
-    ``ru_maxrss``: after subprocess's vfork + exec it also carries the parent's peak, which would
-    hide any child smaller than the parent. Elsewhere: ``getrusage`` ``ru_maxrss``.
-    """
-    hwm = _proc_status_kib("VmHWM")
-    if hwm is not None:
-        return hwm * 1024
-    import resource
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the peak to the current resident size (Linux >= 4.0: ``/proc/self/clear_refs`` = 5), so a
-    transient peak during the imports does not hide a smaller network's; False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes: int = 2, batch: int = 1,
             device: str = "cpu", repeats: int = 3, warmup: int = 1,
             spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
@@ -181,8 +146,8 @@ def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes:
     w = torch.zeros(1, 1, 3, 3, 3, device=dev, requires_grad=True)
     F.conv3d(torch.zeros(1, 1, 4, 4, 4, device=dev), w).sum().backward()
     del w
-    _reset_peak_rss()
-    rss0 = _peak_rss_bytes()
+    reset_peak_rss()
+    rss0 = peak_rss_bytes()
     torch.manual_seed(0)
 
     def sync():
@@ -218,8 +183,8 @@ def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes:
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     infer_s = timed(infer)
-    peak_infer = torch.cuda.max_memory_allocated(dev) if cuda else _peak_rss_bytes() - rss0
-    del x1
+    peak_infer = torch.cuda.max_memory_allocated(dev) if cuda else peak_rss_bytes() - rss0
+    x1 = None  # free the inference input before training
 
     # ---- training: nnU-Net's train_step
     net.train()
@@ -253,9 +218,9 @@ def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes:
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     else:
-        _reset_peak_rss()
+        reset_peak_rss()
     train_s = timed(train_step)
-    peak_train = torch.cuda.max_memory_allocated(dev) if cuda else _peak_rss_bytes() - rss0
+    peak_train = torch.cuda.max_memory_allocated(dev) if cuda else peak_rss_bytes() - rss0
 
     # ---- counts (after the timings, so the meta-device build cannot touch the memory peaks)
     params = count_parameters(net)

@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 
+from nnunet_ext._procmem import reset_peak_rss, status_kib
+
 #: default cases (B, E, N, L): the issue's table, plus L = 8192 for the selective_scan_ref target
 DEFAULT_CASES = [(1, 96, 16, 512), (1, 96, 16, 4096), (1, 96, 16, 8192), (1, 96, 16, 32768),
                  (2, 192, 16, 4096)]
@@ -139,7 +141,8 @@ def _method_fn(method: str, device: str):
         return (lambda t: loop_ref(**t, **kw)), "loop_ref (stand-in for selective_scan_ref)", None
     if method == "mambapy":
         try:
-            import mambapy.pscan  # noqa: F401
+            import importlib
+            importlib.import_module("mambapy.pscan")
         except Exception as e:
             return None, "mambapy pscan", f"not importable ({e})"
         return (lambda t: mambapy_scan(**t, **kw)), "mambapy pscan", None
@@ -158,23 +161,6 @@ def mamba_ssm_ref():
 # ---------------------------------------------------------------------------------------------
 # one (case, method) measurement -- runs in a subprocess
 # ---------------------------------------------------------------------------------------------
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
 
 def measure(b, e, n, length, method, repeats=3, device="cpu", threads=None, memory=True) -> dict:
     """Time (and peak memory of) one method on one case, in this process."""
@@ -204,17 +190,17 @@ def measure(b, e, n, length, method, repeats=3, device="cpu", threads=None, memo
     fwd_bwd(make_inputs(1, min(e, 4), n, 64, device))  # imports, kernel compile/load
     t = make_inputs(b, e, n, length, device)
     sync()
-    peak_ok = memory and (cuda or _reset_peak_rss())
+    peak_ok = memory and (cuda or reset_peak_rss())
     if cuda:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = _status_kb("VmRSS")
+        base = status_kib("VmRSS")
     start = time.perf_counter()
     fwd_bwd(t)
     first = time.perf_counter() - start
     if peak_ok:
-        extra = (torch.cuda.max_memory_allocated() - base) if cuda else (_status_kb("VmHWM") - base) * 1024
+        extra = (torch.cuda.max_memory_allocated() - base) if cuda else (status_kib("VmHWM") - base) * 1024
         row["extra_peak_mb"] = round(extra / 2**20, 1)
     if first > SLOW_S:
         start = time.perf_counter()

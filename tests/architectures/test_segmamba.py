@@ -5,7 +5,7 @@ import torch
 
 from nnunet_ext.architectures import PlanError, PlanSpec, build_network, get_architecture
 from nnunet_ext.architectures.segmamba import SegMamba, segmamba_divisor, segmamba_strides
-from nnunet_ext.architectures.summary import count_parameters, summarize
+from nnunet_ext.architectures.summary import summarize
 
 # small widths so real forwards are fast on 2 cores
 TINY = dict(features=(4, 8, 8, 12), hidden_size=16, d_state=4)

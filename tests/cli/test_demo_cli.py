@@ -22,35 +22,56 @@ def _user_env(tmp_path: Path) -> dict:
 
 def _demo(tmp_path: Path, *args: str) -> str:
     env = _user_env(tmp_path)
-    p = subprocess.run([str(BIN / "nnunet-ext"), "demo", "--trainer", "SmallUNetTrainer", "--epochs", "1",
-                        "--iters", "2", "--spacing", "6", *args], cwd=tmp_path, env=env, capture_output=True,
+    p = subprocess.run([str(BIN / "nnunet-ext"), "demo", "--trainer", "SmallUNetTrainer", "nnUNetTrainer",
+                        "--epochs", "1", "--iters", "3", "--spacing", "6", *args], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=1200)
     assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-5000:]
     return p.stdout
 
 
-def test_demo_runs_the_workflow_and_reuses_it(tmp_path):
+def test_demo_runs_the_workflow_for_two_trainers_compares_and_reuses(tmp_path):
     out = _demo(tmp_path)
     root = tmp_path / "nnunet_ext_demo"
     for step in ("plan and preprocess", "training fold 0", "predicting the held-out test cases"):
         assert f"==> {step}" in out
+    assert out.count("==> training fold 0") == 2 and out.count("==> plan and preprocess") == 1
     assert "grey_matter" in out and "white_matter" in out and "mean" in out
     results = next((root / "results").glob("Dataset987_*"))
-    metrics = json.loads((results / "nnunet_ext_demo" / "SmallUNetTrainer_1epoch_2iters" / "test_metrics.json")
-                         .read_text())
-    assert len(metrics["cases"]) == 2 and set(metrics["mean"]) == {"1", "2"}
-    assert 0.0 <= metrics["overall"]["dice"] <= 1.0
-    assert len(list((results / "nnunet_ext_demo" / "SmallUNetTrainer_1epoch_2iters" / "overlays").glob("*.png"))) == 2
+    names = ["SmallUNetTrainer_1epoch_3iters", "nnUNetTrainer_1epoch_3iters"]
+    for name in names:
+        metrics = json.loads((results / "nnunet_ext_demo" / name / "test_metrics.json").read_text())
+        assert len(metrics["cases"]) == 2 and set(metrics["mean"]) == {"1", "2"}
+        assert 0.0 <= metrics["overall"]["dice"] <= 1.0
+        assert len(list((results / "nnunet_ext_demo" / name / "overlays").glob("*.png"))) == 2
+        # the variant timed its train steps: 3 in one epoch, the first left out as warm-up
+        steps = json.loads((results / f"{name}__nnUNetPlans__3d_fullres" / "fold_0" / "train_step_seconds.json")
+                           .read_text())
+        assert steps["num_timed_iterations"] == 2 and steps["median_s_per_iteration"] > 0
+    # the side-by-side table: one row per trainer, ratios to stock nnU-Net, Dice as in the metrics files
+    rows = json.loads((results / "nnunet_ext_demo" / f"comparison_{'_'.join(names)}.json").read_text())
+    assert [r["trainer"] for r in rows] == names
+    for r in rows:
+        metrics = json.loads((results / "nnunet_ext_demo" / r["trainer"] / "test_metrics.json").read_text())
+        assert r["test_overall"]["dice"] == metrics["overall"]["dice"] and r["s_per_iteration"] > 0
+        assert set(r["validation_dice"]) == {"0"} and 0 <= r["validation_dice"]["0"] <= 1
+        assert r["training_wall_s"] > 0
+    table = out[out.index("==> Side by side"):]
+    assert table.count("| SmallUNetTrainer_1epoch_3iters |") == 1 and "| nnUNetTrainer_1epoch_3iters | " in table
+    ratio = rows[0]["s_per_iteration"] / rows[1]["s_per_iteration"]
+    assert f"| {ratio:.2f} |" in table.splitlines()[3] and "| 1.00 |" in table.splitlines()[4]
 
     again = _demo(tmp_path)
     assert "==> plan and preprocess" not in again and "reusing the demo dataset" in again
-    assert "fold 0: reusing the trained model" in again
+    assert again.count("fold 0: reusing the trained model") == 2
+    assert again.count("==> reusing the test predictions") == 2 and "==> predicting" not in again
+    assert json.loads((results / "nnunet_ext_demo" / f"comparison_{'_'.join(names)}.json").read_text()) == rows
 
 
 def test_demo_rejects_bad_arguments(tmp_path):
     for args, msg in ((["--trainer", "NoSuchTrainer"], "unknown trainer 'NoSuchTrainer'"),
                       (["--trainer", "UNETRPPTrainer_5epochs"], "give the base trainer name"),
-                      (["--folds", "0", "7"], "--folds takes distinct folds")):
+                      (["--folds", "0", "7"], "--folds takes distinct folds"),
+                      (["--trainer", "nnUNetTrainer", "nnUNetTrainer"], "names a trainer twice")):
         p = subprocess.run([sys.executable, "-m", "nnunet_ext.cli.main", "demo", *args], cwd=tmp_path,
                            env=_user_env(tmp_path), capture_output=True, text=True, timeout=300)
         assert p.returncode != 0 and msg in p.stderr, p.stderr[-2000:]

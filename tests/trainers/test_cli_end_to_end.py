@@ -12,6 +12,8 @@ from tests.nnunet_cli import assert_same_geometry, copy_as_interrupted
 pytestmark = pytest.mark.e2e
 
 TRAINERS = [get_architecture(a).trainer for a in available_architectures()]
+#: trainers whose networks run the selective scan (its back-end is chosen at run time)
+MAMBA_TRAINERS = {"SegMambaTrainer", "SegResMambaTrainer"}
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)
@@ -23,9 +25,17 @@ def test_train_and_predict_with_stock_cli(tiny_dataset, trainer, tmp_path):
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert set(summary["mean"]) == {"1", "2"}  # nnU-Net evaluated both foreground classes
 
-    tiny_dataset.predict(short, tmp_path / "pred")
+    tiny_dataset.predict(short, tmp_path / "pred", "0", "--save_probabilities")
     for seg in assert_same_geometry(tmp_path / "pred", tiny_dataset.raw / "imagesTs"):
         assert set(np.unique(seg)) <= {0, 1, 2}
+
+    if trainer in MAMBA_TRAINERS:  # the same checkpoint predicts with the PyTorch scan forced
+        tiny_dataset.predict(short, tmp_path / "pred_torch", "0", "--save_probabilities",
+                             env={"NNUNET_EXT_SCAN_BACKEND": "torch"})
+        for npz in sorted((tmp_path / "pred").glob("*.npz")):
+            auto, forced = np.load(npz)["probabilities"], np.load(tmp_path / "pred_torch" / npz.name)["probabilities"]
+            assert auto.shape == forced.shape and np.isfinite(forced).all()
+            np.testing.assert_allclose(forced, auto, atol=1e-3, err_msg=npz.name)
 
 
 def test_resume_with_c_continues_from_latest_checkpoint(tiny_dataset):
