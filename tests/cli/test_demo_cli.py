@@ -48,7 +48,7 @@ def test_demo_runs_the_workflow_for_two_trainers_compares_and_reuses(tmp_path):
                            .read_text())
         assert steps["num_timed_iterations"] == 2 and steps["median_s_per_iteration"] > 0
     # the side-by-side table: one row per trainer, ratios to stock nnU-Net, Dice as in the metrics files
-    rows = json.loads((results / "nnunet_ext_demo" / f"comparison_{'_'.join(names)}.json").read_text())
+    rows = json.loads((results / "nnunet_ext_demo" / "comparison_SmallUNetTrainer-nnUNetTrainer_1x3.json").read_text())
     assert [r["trainer"] for r in rows] == names
     for r in rows:
         metrics = json.loads((results / "nnunet_ext_demo" / r["trainer"] / "test_metrics.json").read_text())
@@ -64,7 +64,7 @@ def test_demo_runs_the_workflow_for_two_trainers_compares_and_reuses(tmp_path):
     assert "==> plan and preprocess" not in again and "reusing the demo dataset" in again
     assert again.count("fold 0: reusing the trained model") == 2
     assert again.count("==> reusing the test predictions") == 2 and "==> predicting" not in again
-    assert json.loads((results / "nnunet_ext_demo" / f"comparison_{'_'.join(names)}.json").read_text()) == rows
+    assert json.loads((results / "nnunet_ext_demo" / "comparison_SmallUNetTrainer-nnUNetTrainer_1x3.json").read_text()) == rows
 
 
 def test_demo_rejects_bad_arguments(tmp_path):
@@ -76,3 +76,26 @@ def test_demo_rejects_bad_arguments(tmp_path):
                            env=_user_env(tmp_path), capture_output=True, text=True, timeout=300)
         assert p.returncode != 0 and msg in p.stderr, p.stderr[-2000:]
         assert not (tmp_path / "nnunet_ext_demo").exists()
+
+
+def test_demo_five_folds_selects_a_configuration_and_postprocesses(tmp_path):
+    """The full workflow: five folds, nnU-Net's model selection, ensemble prediction, its postprocessing."""
+    env = _user_env(tmp_path)
+    p = subprocess.run([str(BIN / "nnunet-ext"), "demo", "--trainer", "SmallUNetTrainer", "--epochs", "1",
+                        "--iters", "2", "--spacing", "8", "--folds", "0", "1", "2", "3", "4"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-5000:]
+    out = p.stdout
+    assert out.count("==> training fold") == 5 and "==> find best configuration" in out
+    assert "==> applying the selected postprocessing" in out
+    results = next((tmp_path / "nnunet_ext_demo" / "results").glob("Dataset987_*"))
+    trainer = "SmallUNetTrainer_1epoch_2iters"
+    info = json.loads((results / "inference_information.json").read_text())
+    assert info["best_model_or_ensemble"]["selected_model_or_models"][0]["trainer"] == trainer
+    assert f"best: {trainer}__nnUNetPlans__3d_fullres; cross-validation Dice" in out
+    line = next(x for x in out.splitlines() if "cross-validation Dice (nnU-Net's validation" in x)
+    assert all(f"fold {f} " in line for f in range(5))
+    # the evaluated predictions are the postprocessed ensemble of the five folds
+    metrics = json.loads((results / "nnunet_ext_demo" / trainer / "test_metrics.json").read_text())
+    assert metrics["prediction_folder"].endswith("test_predictions_postprocessed") and len(metrics["cases"]) == 2
+    assert len(list((results / "nnunet_ext_demo" / trainer / "test_predictions_postprocessed").glob("*.nii.gz"))) == 2
