@@ -21,12 +21,6 @@ def status_kib(field: str) -> int | None:
     return None
 
 
-def rss_bytes() -> int | None:
-    """This process's current resident set size in bytes (None where unknown)."""
-    kib = status_kib("VmRSS")
-    return None if kib is None else kib * 1024
-
-
 def peak_rss_bytes() -> int:
     """This process's peak resident set size in bytes.
 

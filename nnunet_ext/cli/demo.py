@@ -16,7 +16,6 @@ NSD, cross-validation Dice, and seconds per training iteration from the variants
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -148,10 +147,12 @@ def run(args) -> int:
         table = _comparison_table(rows)
         print("\n==> Side by side (same data, plans, epochs and iterations; s/iteration: median of nnU-Net's "
               f"train_step after the first epoch, on {device})\n    " + table.replace("\n", "\n    "))
+        from nnunet_ext.evaluation.folder import write_json
+
         wf.out.mkdir(parents=True, exist_ok=True)
         stem = f"comparison_{'-'.join(args.trainer)}_{args.epochs}x{args.iters}"
         (wf.out / f"{stem}.md").write_text(table + "\n")
-        (wf.out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(rows, wf.out / f"{stem}.json")
         print(f"    written to {wf.out / stem}.md and .json")
     print(f"\nTotal wall time {time.time() - t_start:.0f} s.")
     return 0
@@ -221,7 +222,7 @@ def _run_trainer(wf: Workflow, base: str, args, raw_dir: Path) -> dict:
     steps = [s["median_s_per_iteration"] for s in steps if s]
     return {"trainer": trainer, "folds": list(args.folds),
             "s_per_iteration": statistics.median(steps) if steps else None,
-            "training_wall_s": sum(wall.get(str(f), 0.0) for f in args.folds) if all(str(f) in wall for f in args.folds)
+            "training_wall_s": sum(wall[str(f)] for f in args.folds) if all(str(f) in wall for f in args.folds)
             else None,
             "validation_dice": {str(f): d for f, d in val_dice.items()}, "best_configuration": best,
             "test_dice": {res["labels"][k]: m["dice"] for k, m in res["mean"].items()},
@@ -243,8 +244,7 @@ def _predictions_up_to_date(images: Path, pred_dir: Path, checkpoints: list[Path
 
 def _comparison_table(rows: list[dict]) -> str:
     """Markdown: one row per trainer; s/iteration also as a ratio to stock nnUNetTrainer's when present."""
-    def f(x, nd=3):
-        return "-" if x is None else ("nan" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.{nd}f}"))
+    from nnunet_ext.evaluation.folder import format_number as num
 
     ref = next((r["s_per_iteration"] for r in rows if r["trainer"].startswith("nnUNetTrainer_")), None)
     classes = list(rows[0]["test_dice"])
@@ -254,9 +254,9 @@ def _comparison_table(rows: list[dict]) -> str:
     for r in rows:
         s, o = r["s_per_iteration"], r["test_overall"]
         ratio = s / ref if s is not None and ref else None
-        vals = [r["trainer"], f(s, 2), f(ratio, 2), f(r["training_wall_s"], 0),
-                " / ".join(f(d) for d in r["validation_dice"].values())]
-        vals += [f(r["test_dice"][c]) for c in classes] + [f(o["dice"]), f(o["hd95"], 2), f(o["nsd"])]
+        vals = [r["trainer"], num(s, 2), num(ratio, 2), num(r["training_wall_s"], 0),
+                " / ".join(num(d, 3) for d in r["validation_dice"].values())]
+        vals += [num(r["test_dice"][c], 3) for c in classes] + [num(o["dice"], 3), num(o["hd95"], 2), num(o["nsd"], 3)]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
 

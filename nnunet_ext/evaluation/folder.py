@@ -321,10 +321,16 @@ def write_csv(result: dict, path: str | os.PathLike) -> None:
     _atomic_write(path, write)
 
 
+def format_number(x: float | None, nd: int = 4) -> str:
+    """``x`` with ``nd`` decimals for the tables; ``nan``, ``inf`` as such and None as ``-``."""
+    if x is None:
+        return "-"
+    return "nan" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.{nd}f}")
+
+
 def format_summary(result: dict) -> str:
     """A short markdown table of the class means and the overall mean."""
-    def f(x, nd=4):
-        return "nan" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.{nd}f}")
+    f = format_number
 
     tol = result["tolerance_mm"]
     lines = [f"| class | Dice | HD95 (mm) | HD95 finite (mm) | NSD@{tol:g}mm | cases (both empty / one empty) |",

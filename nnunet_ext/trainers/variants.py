@@ -57,6 +57,7 @@ def make_variant(base: type, name: str, epochs: int, iters: int | None, module: 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         base.__init__(self, plans, configuration, fold, dataset_json, device)
+        self._step_seconds: dict[int, list[float]] = {}  # epoch -> seconds of each train_step
         self.num_epochs = epochs
         if iters is not None:
             self.num_iterations_per_epoch = iters
@@ -67,12 +68,11 @@ def make_variant(base: type, name: str, epochs: int, iters: int | None, module: 
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
         out = base.train_step(self, batch)  # returns the loss on the CPU, so the GPU work is done
-        self.__dict__.setdefault("_step_seconds", {}).setdefault(self.current_epoch, []).append(
-            time.perf_counter() - t0)
+        self._step_seconds.setdefault(self.current_epoch, []).append(time.perf_counter() - t0)
         return out
 
     def on_epoch_end(self) -> None:
-        steps = self.__dict__.get("_step_seconds", {}).get(self.current_epoch)
+        steps = self._step_seconds.get(self.current_epoch)
         if steps:
             self.print_to_log_file(f"Train step: {statistics.median(steps):.3f} s/iteration "
                                    f"(median of {len(steps)})")
@@ -80,7 +80,7 @@ def make_variant(base: type, name: str, epochs: int, iters: int | None, module: 
 
     def on_train_end(self) -> None:
         base.on_train_end(self)
-        if self.local_rank == 0 and self.__dict__.get("_step_seconds"):
+        if self.local_rank == 0 and self._step_seconds:
             write_step_times(self.output_folder, self._step_seconds, str(self.device))
 
     doc = f"{base.__name__} for {epochs} epoch(s)" + (f" of {iters} iterations" if iters else "") + "."
