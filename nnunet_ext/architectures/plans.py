@@ -130,19 +130,43 @@ def deepest_first_strides(total_stride: Sequence[int], downsamplings: int) -> tu
     are handed out from the deepest down-sampling upwards, at most one (stride 2) each; the others
     get stride 1. So an axis the planner pools less (thick slices, short extent) is strided only in
     the deepest levels, as nnU-Net does, and a plan deeper than the network is capped at
-    ``2 ** downsamplings`` per axis. Used by MISSU, SegMamba and SegResMamba.
+    ``2 ** downsamplings`` per axis. Used by MISSU and SegResMamba.
 
     >>> deepest_first_strides((4, 32, 32), 3)
     ((1, 2, 2), (2, 2, 2), (2, 2, 2))
     """
-    def twos(n: int) -> int:
-        k = 0
-        while n > 1 and n % 2 == 0:
-            n, k = n // 2, k + 1
-        return k
-
-    strided = [min(twos(t), downsamplings) for t in total_stride]
+    strided = [min(_twos(t), downsamplings) for t in total_stride]
     return tuple(tuple(2 if level >= downsamplings - k else 1 for k in strided) for level in range(downsamplings))
+
+
+def stem_first_strides(total_stride: Sequence[int], downsamplings: int) -> tuple[Shape, ...]:
+    """``downsamplings`` strides (stem first) for a network whose stem always embeds with stride 2.
+
+    Per axis a, let m_a = min(factors of 2 in ``total_stride[a]``, ``downsamplings``) and
+    K = max_a m_a. Only the first K down-samplings stride; the deeper ones keep stride 1 (a plan
+    shallower than the network leaves its deepest stages at the plan's coarsest resolution, where
+    nnU-Net's own bottleneck is). Among those K, the stem strides every axis with m_a >= 1 and an
+    axis's other m_a - 1 factors go to the deepest of them, so an axis the planner pools less
+    (thick slices) is strided late, as nnU-Net does. The per-axis product is 2 ** m_a, as with
+    :func:`deepest_first_strides`; the two agree when every strided axis has m_a = ``downsamplings``.
+
+    >>> stem_first_strides((8, 8, 8), 4)
+    ((2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 1, 1))
+    >>> stem_first_strides((4, 64, 64), 4)
+    ((2, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2))
+    """
+    strided = [min(_twos(t), downsamplings) for t in total_stride]
+    active = max(strided, default=0)
+    return tuple(tuple(2 if k > 0 and (level == 0 or active - k < level < active) else 1 for k in strided)
+                 for level in range(downsamplings))
+
+
+def _twos(n: int) -> int:
+    """Number of factors 2 in ``n``."""
+    k = 0
+    while n > 1 and n % 2 == 0:
+        n, k = n // 2, k + 1
+    return k
 
 
 def stride_product(strides: Sequence[Sequence[int]]) -> Shape:

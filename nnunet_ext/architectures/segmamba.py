@@ -24,18 +24,23 @@ Network (top-down, as in the paper's figure):
 Down-sampling strides from the plan (SegMamba always down-samples 4 times: the stem + 3):
 
 - Per axis a, let k_a be the number of factors 2 in the plan's total stride (the product of
-  nnU-Net's ``pool_op_kernel_sizes`` on that axis) and m_a = min(k_a, 4).
-- Down-sampling i (0 = stem, 1..3 = between stages) strides axis a by 2 iff i >= 4 - m_a, i.e.
-  an axis's factors go to the *deepest* down-samplings first; all others use stride 1.
-- So an isotropic plan with >= 4 poolings gives the paper's (2, 2, 2) x 4; an anisotropic axis
-  (thick slices, pooled late by nnU-Net, e.g. 28 x 256 x 256 with in-plane-only early strides) is
-  strided only at the deepest down-samplings, as nnU-Net itself does; a plan with fewer poolings
-  (small patches) keeps the first stages at full resolution on that axis, like nnU-Net's first stage.
-- The patch must be divisible by the per-axis product 2^m_a (:func:`segmamba_divisor`), which
+  nnU-Net's ``pool_op_kernel_sizes``) and m_a = min(k_a, 4); let K = max_a m_a.
+- The stem strides every axis with m_a >= 1 by 2: the paper's stem always embeds with stride 2,
+  and a TSMamba stage at full resolution would scan 8x the tokens.
+- Only down-samplings 0..K-1 stride; an axis's other m_a - 1 factors go to the deepest of them
+  (:func:`~nnunet_ext.architectures.plans.stem_first_strides`). Down-samplings K..3 have stride 1.
+- So an isotropic plan with >= 4 poolings gives the paper's (2, 2, 2) x 4. A plan with fewer
+  poolings keeps the paper's halving as the widths double for as long as it pools, and its
+  deepest stages share the plan's coarsest resolution (where nnU-Net's own bottleneck is) rather
+  than leaving the wider stages at high resolution: our choice, because each stage is twice as
+  wide as the one before (about 4x the convolution work per voxel). An anisotropic axis (thick slices, pooled late by nnU-Net, e.g.
+  28 x 256 x 256 with in-plane-only early strides) is strided by the stem and otherwise only at
+  the deepest down-samplings, as nnU-Net does.
+- The network's total stride is the per-axis product 2^m_a (:func:`segmamba_divisor`), which
   divides the plan's total stride, so every patch nnU-Net plans is valid.
-- The stem's kernel is 7 (padding 3) along strided axes and 1 along axes it does not stride
-  (our choice: the stem is an overlapping patch embedding; along an unstrided axis there is no
-  patch to embed, and the GSC's 3^3 convolutions right after it provide the local context).
+- The stem's kernel is 7 (padding 3) along strided axes and 1 along axes it does not stride (the
+  plan never pools them; our choice: along such an axis there is no patch to embed, and the GSC's
+  3^3 convolutions right after it provide the local context).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import torch
 from torch import nn
 
 from nnunet_ext.architectures.base import ExtNetwork, scales_from_strides
-from nnunet_ext.architectures.plans import PlanSpec, Shape, cumulative_strides, deepest_first_strides, stride_product
+from nnunet_ext.architectures.plans import PlanSpec, Shape, cumulative_strides, stem_first_strides, stride_product
 from nnunet_ext.architectures.registry import register_architecture
 from nnunet_ext.blocks.conv import ConvNormAct, ResidualBlock, SegmentationHeads, UpsampleBlock
 from nnunet_ext.blocks.gsc import TSMambaBlock
@@ -58,11 +63,13 @@ NUM_DOWNSAMPLINGS = 4
 # ---------------------------------------------------------------------------- sizes from the plan
 def segmamba_strides(spec: PlanSpec, num_downsamplings: int = NUM_DOWNSAMPLINGS) -> list[Shape]:
     """Strides of the stem and the 3 inter-stage down-samplings from the plan (rule in the module
-    docstring): per axis, min(factors of 2 in the plan's total stride, 4) strides of 2, deepest first.
+    docstring): per axis, min(factors of 2 in the plan's total stride, 4) strides of 2, the first at
+    the stem, the rest at the deepest of the down-samplings the plan needs.
 
-    ``PlanSpec.from_patch((28, 256, 256), spacing=(3, 0.8, 0.8))`` -> [(1,2,2), (1,2,2), (2,2,2), (2,2,2)].
+    ``PlanSpec.from_patch((28, 256, 256), spacing=(3, 0.8, 0.8))`` -> [(2,2,2), (1,2,2), (1,2,2), (2,2,2)];
+    ``PlanSpec.from_patch((40, 48, 40), spacing=(4, 4, 4))`` -> [(2,2,2), (2,2,2), (2,2,2), (1,1,1)].
     """
-    return list(deepest_first_strides(spec.total_stride, num_downsamplings))
+    return list(stem_first_strides(spec.total_stride, num_downsamplings))
 
 
 def segmamba_divisor(spec: PlanSpec) -> Shape:

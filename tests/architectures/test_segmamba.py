@@ -1,11 +1,16 @@
-"""SegMamba sized from nnU-Net's plans (issue 6): stride rule, shapes, gradients, parity."""
+"""SegMamba sized from nnU-Net's plans: stride rule, shapes, gradients, parity."""
+
+import math
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_ext.architectures import PlanError, PlanSpec, build_network, get_architecture
-from nnunet_ext.architectures.segmamba import SegMamba, segmamba_divisor, segmamba_strides
-from nnunet_ext.architectures.summary import summarize
+from nnunet_ext.architectures.plans import deepest_first_strides, stride_product
+from nnunet_ext.architectures.segmamba import NUM_DOWNSAMPLINGS, SegMamba, segmamba_divisor, segmamba_strides
+from nnunet_ext.architectures.summary import count_macs, summarize
+from nnunet_ext.evaluation.benchmark import build_benchmark_network
 
 # small widths so real forwards are fast on 2 cores
 TINY = dict(features=(4, 8, 8, 12), hidden_size=16, d_state=4)
@@ -14,19 +19,20 @@ ANISO_STRIDES = ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2), (1, 2, 2
 
 
 # ---------------------------------------------------------------------------- the stride rule
+# expected strides below: the rule in segmamba.py's module docstring applied by hand
 @pytest.mark.parametrize("spec, strides, divisor", [
     # isotropic, 5 poolings: the paper's 4 x (2, 2, 2)
     (PlanSpec.from_patch((128, 128, 128)), [(2, 2, 2)] * 4, (16, 16, 16)),
-    # anisotropic 28 x 256 x 256: z pooled twice (late), in-plane 6 times -> z at the 2 deepest
+    # anisotropic 28 x 256 x 256: z pooled twice -> the stem and the deepest down-sampling
     (PlanSpec((28, 256, 256), ANISO_STRIDES, spacing=(3.0, 0.8, 0.8)),
-     [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)], (4, 16, 16)),
+     [(2, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2)], (4, 16, 16)),
     # nnU-Net's own topology for the same patch and spacing
     (PlanSpec.from_patch((28, 256, 256), spacing=(3.0, 0.8, 0.8)),
-     [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)], (4, 16, 16)),
-    # only 3 poolings (small patch): the stem does not stride
-    (PlanSpec.from_patch((32, 32, 32)), [(1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2)], (8, 8, 8)),
+     [(2, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2)], (4, 16, 16)),
+    # only 3 poolings (small patch): the stem and the next two stride, the deepest stage stays at 1/8
+    (PlanSpec.from_patch((32, 32, 32)), [(2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 1, 1)], (8, 8, 8)),
     # one axis never pooled
-    (PlanSpec((1, 64, 64), ((1, 1, 1), (1, 2, 2), (1, 2, 2))), [(1, 1, 1), (1, 1, 1), (1, 2, 2), (1, 2, 2)],
+    (PlanSpec((1, 64, 64), ((1, 1, 1), (1, 2, 2), (1, 2, 2))), [(1, 2, 2), (1, 2, 2), (1, 1, 1), (1, 1, 1)],
      (1, 4, 4)),
 ])
 def test_strides_from_plan(spec, strides, divisor):
@@ -35,6 +41,91 @@ def test_strides_from_plan(spec, strides, divisor):
     assert get_architecture("segmamba").required_divisor(spec) == divisor
     # our divisor always divides the plan's total stride: every patch nnU-Net plans is valid
     assert all(t % d == 0 for t, d in zip(spec.total_stride, divisor))
+
+
+# shallow plans: 3 and 2 poolings, isotropic (nnU-Net's planner) and anisotropic (z pooled less)
+SHALLOW = [
+    # the demo plan: 40 x 48 x 40 at 4 mm, total stride (8, 8, 8)
+    (PlanSpec.from_patch((40, 48, 40), spacing=(4.0, 4.0, 4.0)), [(2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 1, 1)]),
+    # the demo at 6 mm: 28 x 32 x 24, total stride (4, 4, 4)
+    (PlanSpec.from_patch((28, 32, 24), spacing=(6.0, 6.0, 6.0)), [(2, 2, 2), (2, 2, 2), (1, 1, 1), (1, 1, 1)]),
+    # 3 poolings, z twice: total (4, 8, 8)
+    (PlanSpec((16, 64, 64), ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)), spacing=(3.0, 1.0, 1.0)),
+     [(2, 2, 2), (1, 2, 2), (2, 2, 2), (1, 1, 1)]),
+    # 2 poolings, z once: total (2, 4, 4)
+    (PlanSpec((8, 32, 32), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), spacing=(3.0, 1.0, 1.0)),
+     [(2, 2, 2), (1, 2, 2), (1, 1, 1), (1, 1, 1)]),
+]
+
+
+@pytest.mark.parametrize("spec, strides", SHALLOW)
+def test_shallow_plan_stem_strides_every_pooled_axis(spec, strides):
+    got = segmamba_strides(spec)
+    assert got == strides
+    # the paper's stem always embeds with stride 2: every axis the plan pools at all
+    assert got[0] == tuple(2 if t > 1 else 1 for t in spec.total_stride)
+    # the encoder's total stride is the plan's (these plans pool each axis at most 4 times)
+    assert stride_product(got) == spec.total_stride == segmamba_divisor(spec)
+    with torch.device("meta"):
+        net = build_network("segmamba", spec, 1, 3)
+    assert net.encoder.strides == strides
+    assert net.encoder.stem.conv.stride == strides[0]
+
+
+@pytest.mark.parametrize("patch, spacing", [
+    ((128, 128, 128), (1.0, 1.0, 1.0)), ((40, 48, 40), (4.0, 4.0, 4.0)), ((28, 32, 24), (6.0, 6.0, 6.0)),
+    ((28, 256, 256), (3.0, 0.8, 0.8)), ((20, 192, 192), (5.0, 0.8, 0.8)), ((64, 160, 128), (2.5, 0.7, 0.7)),
+    ((16, 32, 32), (1.0, 1.0, 1.0)), ((96, 96, 32), (1.0, 1.0, 4.0)),
+])
+def test_stride_rule_invariants_on_planner_plans(patch, spacing):
+    """On nnU-Net's own plans: the stem strides every pooled axis; per axis the encoder strides
+    min(poolings, 4) times (the cap: SegMamba down-samples 4 times); a plan with >= 4 poolings on
+    every pooled axis gets the previous deepest-first strides (which MISSU and SegResMamba use)."""
+    spec = PlanSpec.from_patch(patch, spacing)
+    strides = segmamba_strides(spec)
+    capped = tuple(min(t, 2 ** NUM_DOWNSAMPLINGS) for t in spec.total_stride)
+    assert strides[0] == tuple(2 if t > 1 else 1 for t in spec.total_stride)
+    assert stride_product(strides) == capped == segmamba_divisor(spec)
+    if all(t == 1 or t >= 2 ** NUM_DOWNSAMPLINGS for t in spec.total_stride):
+        assert strides == list(deepest_first_strides(spec.total_stride, NUM_DOWNSAMPLINGS))
+
+
+def _stage_tokens_and_macs(net, patch):
+    """Tokens each TSMamba stage scans and MACs of each stage and of the whole network (one
+    forward of one patch on the meta device)."""
+    tokens = []
+    hooks = [stage.register_forward_pre_hook(lambda m, args: tokens.append(math.prod(args[0].shape[2:])))
+             for stage in net.encoder.stages]
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(torch.zeros(1, 1, *patch, device="meta"))
+    for h in hooks:
+        h.remove()
+    flops = {k.split(".", 1)[-1]: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    stage_macs = [flops[f"encoder.stages.{i}"] // 2 for i in range(len(net.encoder.stages))]
+    return tokens, stage_macs, counter.get_total_flops() // 2
+
+
+def test_demo_plan_tokens_and_macs_drop():
+    """The demo plan (40 x 48 x 40 at 4 mm, 1 channel, 3 classes; total stride 8 per axis). The
+    previous rule (deepest first, still :func:`deepest_first_strides`) left the stem unstrided."""
+    spec = PlanSpec.from_patch((40, 48, 40), spacing=(4.0, 4.0, 4.0))
+    with torch.device("meta"):
+        new = build_network("segmamba", spec, 1, 3, deep_supervision=False)
+        old = SegMamba(1, 3, strides=deepest_first_strides(spec.total_stride, NUM_DOWNSAMPLINGS),
+                       deep_supervision=False)
+        nnunet = build_benchmark_network("nnunet", spec, 1, 3, deep_supervision=False)
+    new_tokens, new_stage_macs, new_macs = _stage_tokens_and_macs(new, spec.patch_size)
+    old_tokens, old_stage_macs, old_macs = _stage_tokens_and_macs(old, spec.patch_size)
+    # patch / cumulative stride: new (2, 4, 8, 8), old (1, 2, 4, 8) per axis
+    assert new_tokens == [20 * 24 * 20, 10 * 12 * 10, 5 * 6 * 5, 5 * 6 * 5]
+    assert old_tokens == [40 * 48 * 40, 20 * 24 * 20, 10 * 12 * 10, 5 * 6 * 5]
+    # a stage's matmuls and convolutions are linear in its tokens: the stem's stride 2 on 3 axes -> 1/8
+    assert [8 * m for m in new_stage_macs[:3]] == old_stage_macs[:3]
+    assert new_stage_macs[3] == old_stage_macs[3]  # the deepest stage stays at the plan's 1/8
+    assert new_macs < old_macs
+    # the project's target: SegMamba's training step at most 6x nnU-Net's; MACs alone must fit it
+    assert new_macs <= 6 * count_macs(nnunet, (1, 1, *spec.patch_size))
 
 
 def test_stem_kernel_is_one_along_unstrided_axes():
@@ -77,7 +168,7 @@ def test_forward_shapes_and_gradients(patch, strides, in_ch, deep_supervision):
     if deep_supervision:
         assert not unused, f"no gradient reached {unused}"
     else:  # the deep-supervision heads are not run
-        assert all(n.startswith("decoder.heads.heads.") and not n.startswith("decoder.heads.heads.0.")
+        assert all(n.startswith("decoder.heads.seg_layers.") and not n.startswith("decoder.heads.seg_layers.0.")
                    for n in unused), unused
 
 
@@ -101,8 +192,8 @@ def test_anisotropic_full_size_plan_on_meta():
     with torch.device("meta"):
         net = build_network("segmamba", spec, 1, 4, deep_supervision=True)
         outs = net(torch.zeros(2, 1, 28, 256, 256))
-    assert net.deep_supervision_scales == [[1.0, 1.0, 1.0], [1.0, 0.5, 0.5], [1.0, 0.25, 0.25], [0.5, 0.125, 0.125]]
-    assert [tuple(o.shape) for o in outs] == [(2, 4, 28, 256, 256), (2, 4, 28, 128, 128), (2, 4, 28, 64, 64),
+    assert net.deep_supervision_scales == [[1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [0.5, 0.25, 0.25], [0.5, 0.125, 0.125]]
+    assert [tuple(o.shape) for o in outs] == [(2, 4, 28, 256, 256), (2, 4, 14, 128, 128), (2, 4, 14, 64, 64),
                                               (2, 4, 14, 32, 32)]
 
 

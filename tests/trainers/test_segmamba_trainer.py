@@ -41,7 +41,8 @@ def test_builds_from_plans_same_keys_for_training_and_inference():
         infer_net = trainers.SegMambaTrainer.build_network_architecture(ANISO, cm, 1, 3, False)
         out = infer_net(torch.empty(1, 1, 28, 256, 256))
     assert isinstance(train_net, SegMamba) and train_net.deep_supervision and not infer_net.deep_supervision
-    assert train_net.encoder.strides == [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)]
+    # the rule in segmamba.py's docstring: z (pooled twice) at the stem and the deepest down-sampling
+    assert train_net.encoder.strides == [(2, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2)]
     sd_train, sd_infer = train_net.state_dict(), infer_net.state_dict()
     assert sd_train.keys() == sd_infer.keys()
     assert all(sd_train[k].shape == sd_infer[k].shape for k in sd_train)
