@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_ext.data.synthetic import build_synthetic_dataset
+from tests.synthetic import build_synthetic_dataset
 
 BIN = Path(sys.executable).parent
 DATASET_ID = 901

@@ -119,6 +119,10 @@ class SegmentationHeads(nn.Module):
     With ``norm_op`` or ``nonlin`` given, each head is norm -> nonlin -> conv1x1x1 (a
     :class:`ConvNormAct` with ``pre_norm=True``; SegResNet's final block for pre-activation
     decoders); otherwise a plain conv.
+
+    The module list is named ``seg_layers`` as in dynamic-network-architectures: nnU-Net's
+    fine-tuning (``-pretrained_weights``) transfers every weight except keys containing
+    ``.seg_layers.``, so a model can be fine-tuned to a different number of classes.
     """
 
     def __init__(self, channels: Sequence[int], num_classes: int, conv_op: Type[nn.Module] = nn.Conv3d,
@@ -126,14 +130,14 @@ class SegmentationHeads(nn.Module):
                  nonlin: Type[nn.Module] | None = None, nonlin_kwargs: dict | None = None):
         super().__init__()
         if norm_op is None and nonlin is None:
-            self.heads = nn.ModuleList(conv_op(c, num_classes, 1, 1, 0, bias=True) for c in channels)
+            self.seg_layers = nn.ModuleList(conv_op(c, num_classes, 1, 1, 0, bias=True) for c in channels)
         else:
-            self.heads = nn.ModuleList(
+            self.seg_layers = nn.ModuleList(
                 ConvNormAct(c, num_classes, 1, conv_op=conv_op, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs,
                             nonlin=nonlin, nonlin_kwargs=nonlin_kwargs, bias=True, pre_norm=True)
                 for c in channels)
 
     def forward(self, features: Sequence[torch.Tensor], deep_supervision: bool):
         if not deep_supervision:
-            return self.heads[0](features[0])
-        return [h(f) for h, f in zip(self.heads, features)]
+            return self.seg_layers[0](features[0])
+        return [h(f) for h, f in zip(self.seg_layers, features)]
