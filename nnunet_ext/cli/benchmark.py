@@ -32,7 +32,23 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from nnunet_ext.evaluation.benchmark import benchmark, format_table
+    from nnunet_ext.architectures import available_architectures
+    from nnunet_ext.cli import _checks
+    from nnunet_ext.evaluation.benchmark import NNUNET, benchmark, format_table
+
+    unknown = [a for a in args.archs or () if a not in (*available_architectures(), NNUNET, "nnunet")]
+    if unknown:
+        raise SystemExit(f"nnunet-ext benchmark: unknown architecture(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(available_architectures())} (nnU-Net's own network is always included)")
+    for option, value, low, meaning in (("--repeats", args.repeats, 1, " (timed runs)"),
+                                        ("--warmup", args.warmup, 0, ""), ("--batch", args.batch, 1, ""),
+                                        ("--in-channels", args.in_channels, 1, ""),
+                                        ("--classes", args.classes, 2, " (segmentation heads incl. background)"),
+                                        ("--threads", args.threads, 1, "")):
+        _checks.at_least("benchmark", option, value, low, meaning)
+    if args.timeout is not None and not args.timeout > 0:
+        raise SystemExit(f"nnunet-ext benchmark: --timeout must be > 0 seconds, got {args.timeout:g}")
+    _checks.patch_and_spacing("benchmark", args.patch, args.spacing)
 
     def progress(i, n, row):
         status = f"error: {row['error']}" if "error" in row else \

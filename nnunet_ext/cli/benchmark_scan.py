@@ -34,21 +34,26 @@ def run(args) -> int:
 
     import torch
 
+    from nnunet_ext.cli import _checks
     from nnunet_ext.ops import benchmark as bm
 
     methods = tuple(args.backends or bm.METHODS)
-    bad = [m for m in methods if m not in bm.METHODS and not (m.startswith("torch@") and m[6:].isdigit())]
+    bad = [m for m in methods if m not in bm.METHODS and not (m.startswith("torch@") and m[6:].isdigit()
+                                                              and int(m[6:]) >= 1)]
     if bad:
         raise SystemExit(f"nnunet-ext benchmark-scan: unknown --backends {' '.join(bad)}; "
-                         f"choose from {' '.join(bm.METHODS)}")
+                         f"choose from {' '.join(bm.METHODS)} or torch@T with T >= 1 tokens per block")
+    if len(set(methods)) != len(methods):
+        raise SystemExit("nnunet-ext benchmark-scan: --backends names a method twice")
+    for option, value in (("--batch", args.batch), ("--channels", args.channels), ("--state", args.state),
+                          ("--repeats", args.repeats), ("--threads", args.threads),
+                          ("--ref-max-length", args.ref_max_length), *(("--lengths", L) for L in args.lengths or ())):
+        _checks.at_least("benchmark-scan", option, value, 1)
     if any(v is not None for v in (args.lengths, args.batch, args.channels, args.state)):
         cases = [(args.batch or 1, args.channels or 96, args.state or 16, L)
                  for L in (args.lengths or [4096])]
     else:
         cases = bm.DEFAULT_CASES
-    if min(min(c) for c in cases) < 1 or args.repeats < 1:
-        raise SystemExit("nnunet-ext benchmark-scan: --lengths/--batch/--channels/--state/--repeats "
-                         "must be positive")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("nnunet-ext benchmark-scan: --device cuda but torch sees no CUDA device")

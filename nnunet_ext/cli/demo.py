@@ -1,6 +1,7 @@
 """``nnunet-ext demo``: the whole nnU-Net workflow on the embedded demo dataset, with stock commands.
 
-Steps (each skipped when its output exists, so re-running reuses the work):
+Steps (each skipped when its output exists and was made from the same inputs, so re-running
+reuses the work):
 1. build the demo dataset (MNI152 template from the installed nilearn, see :mod:`nnunet_ext.data.demo`);
 2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres``;
 3. ``nnUNetv2_train ... -tr <Trainer>_<E>epochs_<I>iters`` for each fold;
@@ -11,6 +12,19 @@ Steps (each skipped when its output exists, so re-running reuses the work):
 
 Steps 3-6 run for each ``--trainer`` given; with several, a table compares them (test Dice, HD95,
 NSD, cross-validation Dice, and seconds per training iteration from the variants' timing).
+
+What is reused, and when:
+
+- the dataset, when its ``dataset.json`` records the requested settings (``--spacing``). Built with
+  other settings, it is rebuilt in place: nnU-Net finds a dataset by its id, so one id holds one
+  dataset (``--dataset-id`` keeps another spacing beside it). Plans, preprocessed data and trained
+  models made from other data are removed, with a line saying so: nnU-Net copies ``dataset.json``
+  into each of them, and one whose copy records other settings does not fit the data;
+- a trained fold, when its ``checkpoint_final.pth`` exists (the trainer name carries the budget);
+- test predictions, per trainer and set of folds (``nnunet_ext_demo/<trainer>/folds_<f>``), when the
+  stamp written beside them after ``nnUNetv2_predict`` names the same trainer, folds, checkpoints
+  (size and modification time) and dataset settings. The metrics and overlays of a run are written
+  beside its predictions.
 """
 
 from __future__ import annotations
@@ -33,6 +47,8 @@ DEFAULT_TRAINER = "MISSUTrainer"
 DEFAULT_EPOCHS = 10
 DEFAULT_ITERS = 15
 DEMO_SPACING_MM = 4.0
+#: written beside a run's test predictions: what they were made from (see _prediction_stamp)
+PREDICTION_STAMP = "nnunet_ext_demo_predictions.json"
 
 _SHOW = re.compile(r"(Epoch \d+|Train step|train_loss|val_loss|Pseudo dice|Epoch time|Mean Validation Dice|"
                    r"Traceback|Error|error:)")
@@ -49,8 +65,12 @@ def register(sub) -> None:
                    help=f"training iterations per epoch (default {DEFAULT_ITERS}; nnU-Net's is 250)")
     p.add_argument("--folds", type=int, nargs="+", default=[0], help="folds to train (0 1 2 3 4 for the full workflow)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--spacing", type=float, default=DEMO_SPACING_MM, help="demo voxel size in mm (default 4)")
-    p.add_argument("--dataset-id", type=int, default=None, help="nnU-Net dataset id of the demo dataset")
+    p.add_argument("--spacing", type=float, default=DEMO_SPACING_MM,
+                   help="demo voxel size in mm, 1 to 10 (default 4); another spacing rebuilds the dataset and "
+                        "removes the plans, preprocessed data and models made from the old one")
+    p.add_argument("--dataset-id", type=int, default=None,
+                   help="nnU-Net dataset id of the demo dataset, 1 to 999 (default 987); one id holds one dataset, "
+                        "so give another id to keep a second spacing")
     p.set_defaults(func=run)
 
 
@@ -60,16 +80,25 @@ class Workflow:
     def __init__(self, dataset_id: int, dataset_name: str, device: str):
         self.env = dict(os.environ)
         base = Path.cwd() / "nnunet_ext_demo"
+        paths = {}
         for var, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
-            if not self.env.get(var):
+            given = bool(self.env.get(var))
+            if not given:
                 self.env[var] = str(base / sub)
-            Path(self.env[var]).mkdir(parents=True, exist_ok=True)
+            paths[var] = Path(self.env[var])
+            _check_writable_folder(var, paths[var], given)  # all three before any is created
+        for var, path in paths.items():
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SystemExit(f"nnunet-ext demo: cannot create {var} '{path}' ({e.strerror or e}); "
+                                 f"set {var} to a writable folder") from None
         # 2-core friendly defaults; a user's own settings win
         ncpu = os.cpu_count() or 2
         self.env.setdefault("nnUNet_n_proc_DA", str(max(1, min(ncpu - 1, 4))))
         self.env.setdefault("nnUNet_def_n_proc", str(max(1, min(ncpu, 4))))
         self.dataset_id, self.dataset_name, self.device = dataset_id, dataset_name, device
-        self.out = Path(self.env["nnUNet_results"]) / dataset_name / "nnunet_ext_demo"
+        self.out = self.results_root / "nnunet_ext_demo"
 
     @property
     def raw(self) -> Path:
@@ -79,8 +108,13 @@ class Workflow:
     def preprocessed(self) -> Path:
         return Path(self.env["nnUNet_preprocessed"]) / self.dataset_name
 
+    @property
+    def results_root(self) -> Path:
+        """``nnUNet_results/DatasetXXX_Name``: the trained models and the demo's own outputs."""
+        return Path(self.env["nnUNet_results"]) / self.dataset_name
+
     def results(self, trainer: str) -> Path:
-        return Path(self.env["nnUNet_results"]) / self.dataset_name / f"{trainer}__nnUNetPlans__3d_fullres"
+        return self.results_root / f"{trainer}__nnUNetPlans__3d_fullres"
 
     def run(self, title: str, cmd: list[str], **env) -> float:
         """Run a stock command, echo its progress lines, raise with its tail on failure; returns seconds."""
@@ -100,7 +134,38 @@ class Workflow:
         return dt
 
 
+def _check_writable_folder(var: str, path: Path, given: bool) -> None:
+    """One line naming ``var`` unless ``path`` is, or can be created as, a writable folder."""
+    fix = (f"set {var} to a writable folder" if given else
+           f"run the demo in a writable folder or set {var} (and the other nnUNet_* paths)")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == path else f" ('{existing}' is a file)"
+        raise SystemExit(f"nnunet-ext demo: {var} '{path}' is not a folder{where}; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(f"nnunet-ext demo: {var} '{path}' is not writable ('{existing}' is read-only for this "
+                         f"user); {fix}")
+
+
+def _check_arguments(args) -> None:
+    """Every argument check that needs no import: one line naming the option, before anything runs."""
+    from nnunet_ext.cli import _checks
+
+    _checks.at_least("demo", "--epochs", args.epochs, 1, " (epochs per fold)")
+    _checks.at_least("demo", "--iters", args.iters, 1, " (training iterations per epoch)")
+    _checks.finite_range("demo", "--spacing", args.spacing, 1.0, 10.0, f" mm (default {DEMO_SPACING_MM:g})")
+    if args.dataset_id is not None and not 1 <= args.dataset_id <= 999:
+        raise _checks.fail("demo", f"--dataset-id must be from 1 to 999 (nnU-Net's DatasetXXX), got {args.dataset_id}")
+    if sorted(set(args.folds)) != sorted(args.folds) or not all(0 <= f <= 4 for f in args.folds):
+        raise SystemExit("nnunet-ext demo: --folds takes distinct folds from 0 1 2 3 4")
+    if len(set(args.trainer)) != len(args.trainer):
+        raise SystemExit("nnunet-ext demo: --trainer names a trainer twice")
+
+
 def run(args) -> int:
+    _check_arguments(args)
     import torch
 
     from nnunet_ext.data import demo as demo_data
@@ -112,14 +177,10 @@ def run(args) -> int:
     if any(parse_variant(t) for t in args.trainer):
         raise SystemExit("nnunet-ext demo: give the base trainer name (e.g. UNETRPPTrainer); "
                          "the demo picks the short-run variant from --epochs/--iters")
-    if len(set(args.trainer)) != len(args.trainer):
-        raise SystemExit("nnunet-ext demo: --trainer names a trainer twice")
-    if sorted(set(args.folds)) != sorted(args.folds) or not all(0 <= f <= 4 for f in args.folds):
-        raise SystemExit("nnunet-ext demo: --folds takes distinct folds from 0 1 2 3 4")
     for t in args.trainer:
         _check_trainer(t)
 
-    dataset_id = args.dataset_id or demo_data.DEMO_DATASET_ID
+    dataset_id = demo_data.DEMO_DATASET_ID if args.dataset_id is None else args.dataset_id
     name = demo_data.demo_dataset_path("", dataset_id).name
     wf = Workflow(dataset_id, name, device)
     t_start = time.time()
@@ -127,17 +188,13 @@ def run(args) -> int:
           f"{' '.join(map(str, args.folds))}) on {device}\n  nnUNet_raw={wf.env['nnUNet_raw']}\n"
           f"  nnUNet_preprocessed={wf.env['nnUNet_preprocessed']}\n  nnUNet_results={wf.env['nnUNet_results']}")
 
-    # 1. data
-    if demo_data.find_demo_dataset(wf.raw, dataset_id) is None:
-        print("\n==> building the demo dataset from the MNI152 templates in nilearn")
-    else:
-        print(f"\n==> reusing the demo dataset in {wf.raw / name}")
-    raw_dir = demo_data.build_demo_dataset(wf.raw, dataset_id=dataset_id, spacing_mm=args.spacing)
+    # 1. data (rebuilt when its settings differ; what was made from other data is removed)
+    raw_dir = _prepare_dataset(wf, args.spacing)
 
-    # 2. plan + preprocess
-    if not (wf.preprocessed / "nnUNetPlans.json").is_file() or not (wf.preprocessed / "nnUNetPlans_3d_fullres").is_dir():
+    # 2. plan + preprocess (--clean: a fingerprint left by an interrupted run may be of other data)
+    if not _preprocessed_complete(wf, raw_dir):
         wf.run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "3d_fullres",
-                                       "-np", wf.env["nnUNet_def_n_proc"], "--verify_dataset_integrity"])
+                                       "-np", wf.env["nnUNet_def_n_proc"], "--verify_dataset_integrity", "--clean"])
     else:
         print(f"\n==> reusing plans and preprocessed data in {wf.preprocessed}")
 
@@ -150,7 +207,7 @@ def run(args) -> int:
         from nnunet_ext.evaluation.folder import write_json
 
         wf.out.mkdir(parents=True, exist_ok=True)
-        stem = f"comparison_{'-'.join(args.trainer)}_{args.epochs}x{args.iters}"
+        stem = f"comparison_{'-'.join(args.trainer)}_{args.epochs}x{args.iters}_{_folds_tag(args.folds)}"
         (wf.out / f"{stem}.md").write_text(table + "\n")
         write_json(rows, wf.out / f"{stem}.json")
         print(f"    written to {wf.out / stem}.md and .json")
@@ -198,25 +255,30 @@ def _run_trainer(wf: Workflow, base: str, args, raw_dir: Path) -> dict:
         print(f"    best: {', '.join(best['models'])}; cross-validation Dice {best['crossval_dice']:.4f} "
               f"({best['crossval_dice_postprocessed']:.4f} with its postprocessing)")
 
-    # 5. predict the held-out cases (reused when newer than every checkpoint)
-    pred_dir = out_dir / "test_predictions"
-    checkpoints = [folds_dir / f"fold_{f}" / "checkpoint_final.pth" for f in args.folds]
-    if _predictions_up_to_date(raw_dir / "imagesTs", pred_dir, checkpoints):
-        print(f"\n==> reusing the test predictions in {pred_dir}")
+    # 5. predict the held-out cases: one folder per set of folds, reused only when its stamp matches
+    run_dir = out_dir / _folds_tag(args.folds)
+    pred_dir = run_dir / "test_predictions"
+    checkpoints = {f: folds_dir / f"fold_{f}" / "checkpoint_final.pth" for f in args.folds}
+    stamp = _prediction_stamp(trainer, checkpoints, raw_dir)
+    if _predictions_reusable(pred_dir, stamp):
+        print(f"\n==> reusing the test predictions in {pred_dir} (folds {' '.join(map(str, sorted(args.folds)))})")
     else:
+        shutil.rmtree(pred_dir, ignore_errors=True)  # stale or partial: never mixed with the new ones
         wf.run("predicting the held-out test cases", [
             "nnUNetv2_predict", "-i", str(raw_dir / "imagesTs"), "-o", str(pred_dir), "-d", str(wf.dataset_id),
             "-c", "3d_fullres", "-tr", trainer, "-f", *map(str, args.folds), "-device", wf.device,
             "-npp", "1", "-nps", "1"])
+        (pred_dir / PREDICTION_STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
     if best is not None:  # what nnU-Net's inference_instructions.txt says to run next
-        pp_dir = out_dir / "test_predictions_postprocessed"
+        pp_dir = run_dir / "test_predictions_postprocessed"
+        shutil.rmtree(pp_dir, ignore_errors=True)
         wf.run("applying the selected postprocessing", [
             "nnUNetv2_apply_postprocessing", "-i", str(pred_dir), "-o", str(pp_dir), "-pp_pkl_file",
             best["postprocessing_file"], "-np", "1", "-plans_json", best["plans_file"]])
         pred_dir = pp_dir
 
     # 6. evaluate
-    res = _report(raw_dir, pred_dir, out_dir)
+    res = _report(raw_dir, pred_dir, run_dir)
     print(f"    models: {folds_dir}\n    predictions: {pred_dir}")
     steps = [read_step_times(folds_dir / f"fold_{f}") for f in args.folds]
     steps = [s["median_s_per_iteration"] for s in steps if s]
@@ -234,12 +296,117 @@ def _validation_dice(fold_dir: Path) -> float:
     return json.loads((fold_dir / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
 
 
-def _predictions_up_to_date(images: Path, pred_dir: Path, checkpoints: list[Path]) -> bool:
-    cases = [p.name[:-len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz")]
-    preds = [pred_dir / f"{c}.nii.gz" for c in cases]
-    if not cases or not all(p.is_file() for p in preds):
+def _folds_tag(folds) -> str:
+    """The name of a run's folder: ``folds_0``, ``folds_0_1_2_3_4``."""
+    return "folds_" + "_".join(map(str, sorted(folds)))
+
+
+def _file_identity(path: Path) -> dict:
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _prediction_stamp(trainer: str, checkpoints: dict[int, Path], raw_dir: Path) -> dict:
+    """What a run's test predictions were made from: trainer (with its budget), folds and the
+    identity of each fold's checkpoint, the test cases, and the dataset's settings."""
+    from nnunet_ext.data.demo import demo_record
+
+    return {"trainer": trainer, "folds": sorted(checkpoints),
+            "checkpoints": {str(f): _file_identity(c) for f, c in sorted(checkpoints.items())},
+            "test_cases": _cases(raw_dir / "imagesTs"), "dataset": demo_record(raw_dir)}
+
+
+def _cases(images: Path) -> list[str]:
+    return sorted(p.name[:-len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
+
+
+def _predictions_reusable(pred_dir: Path, stamp: dict) -> bool:
+    """Whether ``pred_dir`` holds every test case's prediction and a stamp equal to ``stamp``."""
+    try:
+        old = json.loads((pred_dir / PREDICTION_STAMP).read_text())
+    except (OSError, ValueError):
         return False
-    return min(p.stat().st_mtime for p in preds) > max(c.stat().st_mtime for c in checkpoints)
+    return old == stamp and bool(stamp["test_cases"]) and all(
+        (pred_dir / f"{c}.nii.gz").is_file() for c in stamp["test_cases"])
+
+
+def _prepare_dataset(wf: Workflow, spacing_mm: float) -> Path:
+    """The raw demo dataset at ``spacing_mm``: reused when its dataset.json records these settings,
+    else built (in place of one with other settings); then :func:`_remove_stale`."""
+    from nnunet_ext.data import demo as demo_data
+
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        root = Path(wf.env[var])
+        clash = sorted(p.name for p in root.glob(f"Dataset{wf.dataset_id:03d}_*")
+                       if p.is_dir() and p.name != wf.dataset_name)
+        if clash:
+            raise SystemExit(f"nnunet-ext demo: dataset id {wf.dataset_id} is already used by {clash[0]} in {var} "
+                             f"'{root}' (nnU-Net finds datasets by id); pass another --dataset-id")
+    wanted = demo_data.demo_settings(spacing_mm=spacing_mm)
+    target = wf.raw / wf.dataset_name
+    record = demo_data.demo_record(target)
+    if target.exists() and record is None:
+        raise SystemExit(f"nnunet-ext demo: '{target}' exists but is not a demo dataset (its dataset.json has no "
+                         f"nnunet-ext demo record); move it away or pass another --dataset-id")
+    rebuild = False
+    if record is None:
+        print("\n==> building the demo dataset from the MNI152 templates in nilearn")
+    elif not demo_data.same_settings(record, wanted):
+        print(f"\n==> the demo dataset in {target} was built {_describe(record, wanted)}; rebuilding it at "
+              f"{spacing_mm:g} mm")
+        rebuild = True
+    elif demo_data.find_demo_dataset(wf.raw, wf.dataset_id) is None:
+        print(f"\n==> the demo dataset in {target} is incomplete; rebuilding it")
+        rebuild = True
+    else:
+        print(f"\n==> reusing the demo dataset in {target}")
+    raw_dir = demo_data.build_demo_dataset(wf.raw, dataset_id=wf.dataset_id, spacing_mm=spacing_mm, overwrite=rebuild)
+    _remove_stale(wf, wanted)
+    return raw_dir
+
+
+def _describe(record: dict | None, wanted: dict) -> str:
+    """How a generator record differs from the wanted settings, e.g. ``at 8 mm``."""
+    from nnunet_ext.data.demo import SETTING_KEYS
+
+    if record is None:
+        return "from data that is not a demo dataset"
+    if record.get("spacing_mm") != wanted["spacing_mm"] and isinstance(record.get("spacing_mm"), (int, float)):
+        return f"at {record['spacing_mm']:g} mm"
+    return "with other settings (" + ", ".join(f"{k} {record.get(k)}" for k in SETTING_KEYS
+                                                if record.get(k) != wanted[k]) + ")"
+
+
+def _remove_stale(wf: Workflow, wanted: dict) -> None:
+    """Remove the dataset's plans and preprocessed data and its results folder (trained models, the
+    demo's outputs) when any of them was made from a demo dataset with other settings: nnU-Net copies
+    dataset.json into the preprocessed folder and every model folder, so their records tell."""
+    from nnunet_ext.data.demo import demo_record, same_settings
+
+    made = [f for f in (wf.preprocessed, *sorted(wf.results_root.glob("*__*__*")))
+            if (f / "dataset.json").is_file()]
+    stale = next((f for f in made if not same_settings(demo_record(f), wanted)), None)
+    if stale is None:
+        return
+    doomed = [f for f in (wf.results_root, wf.preprocessed) if f.exists()]
+    print(f"\n==> removing {' and '.join(map(str, doomed))}: made from the demo dataset "
+          f"{_describe(demo_record(stale), wanted)}, they do not fit the {wanted['spacing_mm']:g} mm data "
+          f"(give each spacing its own --dataset-id to keep both)")
+    for f in doomed:
+        try:
+            shutil.rmtree(f)
+        except OSError as e:
+            raise SystemExit(f"nnunet-ext demo: cannot remove '{f}' ({e.strerror or e}); remove it by hand") from None
+
+
+def _preprocessed_complete(wf: Workflow, raw_dir: Path) -> bool:
+    """nnU-Net's plans and a preprocessed case (its properties file, written last) per training case."""
+    data = wf.preprocessed / "nnUNetPlans_3d_fullres"
+    if not ((wf.preprocessed / "nnUNetPlans.json").is_file() and (wf.preprocessed / "dataset.json").is_file()
+            and data.is_dir()):
+        return False
+    cases = _cases(raw_dir / "imagesTr")
+    return bool(cases) and all((data / f"{c}.pkl").is_file() for c in cases)
 
 
 def _comparison_table(rows: list[dict]) -> str:
@@ -279,14 +446,13 @@ def _check_trainer(name: str) -> None:
 def _report(raw_dir: Path, pred_dir: Path, out_dir: Path, overlays: bool = True) -> dict:
     """Dice / HD95 / NSD per class per case and means (printed, and written as JSON and CSV), and a
     PNG overlay per test case."""
-    from nnunet_ext.evaluation.folder import evaluate_folders, format_summary, write_csv, write_json
+    from nnunet_ext.evaluation.folder import evaluate_folders, format_summary, write_outputs
     from nnunet_ext.evaluation.overlay import save_overlay
 
     res = evaluate_folders(raw_dir / "labelsTs", pred_dir, dataset_json=raw_dir / "dataset.json",
                            num_processes=1, progress=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(res, out_dir / "test_metrics.json")
-    write_csv(res, out_dir / "test_metrics.csv")
+    write_outputs(res, out_dir / "test_metrics.json", out_dir / "test_metrics.csv")
     keys = list(res["labels"])
     print("\n==> Held-out test cases (Dice per class)")
     print("    " + "case".ljust(14) + "".join(f"{res['labels'][k]:>16}" for k in keys))

@@ -4,6 +4,7 @@ Writes the JSON (schema in :mod:`nnunet_ext.evaluation.folder`) and a CSV, each 
 at all, and prints the per-class means as a markdown table.
 """
 
+import sys
 from pathlib import Path
 
 
@@ -13,7 +14,9 @@ def register(sub) -> None:
                                    "of the predictions in --pred against the same-named references in --gt, "
                                    "with the voxel spacing read from the images. Empty masks: both empty -> "
                                    "NaN for all three (skipped in means); exactly one empty -> Dice 0, "
-                                   "HD95 inf, NSD 0.")
+                                   "HD95 inf, NSD 0. Label maps must hold integer labels, and a prediction "
+                                   "label that --dataset-json does not declare (without it: that no reference "
+                                   "has, unless --labels is given) stops with the case named.")
     p.add_argument("--gt", required=True, metavar="DIR", help="reference label maps (e.g. labelsTs)")
     p.add_argument("--pred", required=True, metavar="DIR", help="predictions with the references' file names")
     p.add_argument("--labels", nargs="+", metavar="L",
@@ -31,12 +34,27 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _check_output(option: str, path: Path, example: str) -> None:
+    """One clear line, before anything is computed, when ``path`` cannot become a file."""
+    if path.is_dir():
+        raise SystemExit(f"nnunet-ext evaluate: {option} '{path}' is a folder; give a file name, "
+                         f"e.g. {option} {path / example}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SystemExit(f"nnunet-ext evaluate: {option} '{path}' cannot be written: '{parent}' is a file, "
+                         f"not a folder; choose another path")
+
+
 def run(args) -> int:
     from nnunet_ext.evaluation.folder import (EvaluationError, evaluate_folders, format_summary, parse_labels,
-                                              write_csv, write_json)
+                                              write_outputs)
 
     out = Path(args.out) if args.out else Path(args.pred) / "evaluation.json"
     csv_path = Path(args.csv) if args.csv else out.with_name(out.name.removesuffix(".json") + ".csv")
+    _check_output("--out", out, "evaluation.json")
+    _check_output("--csv", csv_path, "evaluation.csv")
     if out.resolve() == csv_path.resolve():
         raise SystemExit(f"nnunet-ext evaluate: --out and --csv are the same file '{out}'; give --csv another name")
     if args.num_processes is not None and args.num_processes < 1:
@@ -48,11 +66,20 @@ def run(args) -> int:
                                   file_ending=args.file_ending, progress=not args.quiet)
     except EvaluationError as e:
         raise SystemExit(f"nnunet-ext evaluate: {e}") from None
-    write_json(result, out)
-    write_csv(result, csv_path)
+    try:
+        write_outputs(result, out, csv_path)
+    except OSError as e:
+        raise SystemExit(f"nnunet-ext evaluate: cannot write '{e.filename or out}' ({e.strerror or e}); "
+                         f"choose a writable --out / --csv") from None
     print(f"{len(result['cases'])} cases, NSD tolerance {result['tolerance_mm']:g} mm")
     print(format_summary(result))
     if result["ignored_predictions"]:
         print(f"ignored {len(result['ignored_predictions'])} prediction(s) without a reference")
+    unscored = result["unscored_prediction_labels"]
+    if unscored:
+        shown = "; ".join(f"'{c}': {' '.join(map(str, v))}" for c, v in list(unscored.items())[:5])
+        more = f" and {len(unscored) - 5} more case(s)" if len(unscored) > 5 else ""
+        print(f"warning: predictions hold labels that are not among --labels and in no reference, so they were "
+              f"not scored ({shown}{more}); add them to --labels to score them", file=sys.stderr)
     print(f"wrote {out} and {csv_path}")
     return 0

@@ -18,10 +18,15 @@ def register(sub) -> None:
 def run(args) -> int:
     from nnunet_ext.architectures import PlanError, available_architectures
     from nnunet_ext.architectures.summary import summarize
+    from nnunet_ext.cli import _checks
 
     if args.arch not in available_architectures():
         raise SystemExit(f"nnunet-ext summary: unknown architecture '{args.arch}'; "
                          f"known: {', '.join(available_architectures())}")
+    _checks.at_least("summary", "--in-channels", args.in_channels, 1, " (input channels)")
+    _checks.at_least("summary", "--classes", args.classes, 1, " (segmentation heads: classes incl. background, "
+                                                              "or the number of regions)")
+    _checks.patch_and_spacing("summary", args.patch, args.spacing)
     try:
         s = summarize(args.arch, args.patch, args.in_channels, args.classes, args.spacing)
     except PlanError as e:

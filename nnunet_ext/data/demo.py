@@ -103,15 +103,43 @@ def _case_ids(num_train: int, num_test: int) -> tuple[list[str], list[str]]:
     return ids[:num_train], ids[num_train:]
 
 
-def _read_demo_record(folder: Path) -> dict[str, Any] | None:
-    """The generator record stored in dataset.json, or None if ``folder`` is not a complete demo dataset."""
+#: the settings a demo dataset is built with; two datasets with equal settings are identical
+SETTING_KEYS = ("generator_version", "seed", "spacing_mm", "num_train", "num_test")
+
+
+def demo_record(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The settings ``folder/dataset.json`` records as a demo dataset's (the generator record),
+    or None when it has none. Completeness is not checked (see :func:`find_demo_dataset`).
+
+    nnU-Net copies ``dataset.json`` into the preprocessed folder and every trained model's folder,
+    so this also tells which demo dataset those were made from.
+    """
     try:
-        dataset_json = json.loads((folder / "dataset.json").read_text())
+        dataset_json = json.loads((Path(folder) / "dataset.json").read_text())
     except (OSError, ValueError):
         return None
-    record = dataset_json.get("nnunet_ext_demo")
-    if not isinstance(record, dict):
+    record = dataset_json.get("nnunet_ext_demo") if isinstance(dataset_json, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def same_settings(record: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
+    """Whether a generator record has the :data:`SETTING_KEYS` of ``wanted``."""
+    return record is not None and all(record.get(k) == wanted[k] for k in SETTING_KEYS)
+
+
+def demo_settings(num_train: int = 12, num_test: int = 2, spacing_mm: float = 3.0, seed: int = 0) -> dict[str, Any]:
+    """The generator record :func:`build_demo_dataset` writes for these arguments (after checking them)."""
+    _validate(num_train, num_test, spacing_mm, seed)
+    return _dataset_json(DEMO_DATASET_NAME, int(num_train), int(num_test), float(spacing_mm),
+                         int(seed))["nnunet_ext_demo"]
+
+
+def _read_demo_record(folder: Path) -> dict[str, Any] | None:
+    """The generator record stored in dataset.json, or None if ``folder`` is not a complete demo dataset."""
+    record = demo_record(folder)
+    if record is None:
         return None
+    dataset_json = json.loads((folder / "dataset.json").read_text())
     try:
         num_train, num_test = int(record["num_train"]), int(record["num_test"])
     except (KeyError, TypeError, ValueError):
@@ -387,10 +415,6 @@ def build_demo_dataset(raw_root: str | os.PathLike, dataset_id: int = DEMO_DATAS
     target = demo_dataset_path(raw_root, dataset_id, name)
     wanted = _dataset_json(name, num_train, num_test, spacing_mm, seed)["nnunet_ext_demo"]
 
-    def same_settings(record: dict[str, Any]) -> bool:
-        keys = ("generator_version", "seed", "spacing_mm", "num_train", "num_test")
-        return all(record.get(k) == wanted[k] for k in keys)
-
     def log(msg: str) -> None:
         if progress:
             print(msg, file=sys.stderr, flush=True)
@@ -403,7 +427,7 @@ def build_demo_dataset(raw_root: str | os.PathLike, dataset_id: int = DEMO_DATAS
                                   f"pass another dataset_id (the demo's default is {DEMO_DATASET_ID})")
     if target.exists() and not overwrite:
         record = _read_demo_record(target) if target.is_dir() else None
-        if record is not None and same_settings(record):
+        if same_settings(record, wanted):
             log(f"Reusing the demo dataset in {target}")
             return target
         what = ("was built with other settings " + json.dumps({k: record.get(k) for k in wanted})
@@ -439,7 +463,7 @@ def build_demo_dataset(raw_root: str | os.PathLike, dataset_id: int = DEMO_DATAS
         except OSError:
             # another process finished the same dataset first: reuse it if it matches
             record = _read_demo_record(target)
-            if record is None or not same_settings(record):
+            if not same_settings(record, wanted):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:

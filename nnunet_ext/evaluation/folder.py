@@ -7,6 +7,18 @@ same size, spacing, origin and direction, else one :class:`EvaluationError` name
 Voxel spacing comes from the images (SimpleITK's (x, y, z) order, reversed to the arrays'
 (z, y, x)); metrics are those of :mod:`nnunet_ext.evaluation.metrics`.
 
+Label maps must hold integer labels: a file with fractional (or NaN) values, e.g. probabilities or
+a linearly resampled mask, is refused, never rounded. Every label in a prediction must be one the
+evaluation knows, as nnU-Net's ``verify_dataset_integrity`` refuses undeclared labels:
+
+- with a ``dataset.json``: the labels it declares (background, classes, region members, ignore);
+  an undeclared label in a prediction or reference is an error;
+- without one and without ``labels``: background and the labels found in the references (the
+  classes scored); a label only predictions hold is an error, since it would go unscored (nnU-Net's
+  own evaluation never guesses the classes: it takes them from dataset.json or ``-l``);
+- with ``labels`` (no dataset.json): the caller chose the classes, so other prediction labels that
+  no reference holds are not an error; they are listed in ``unscored_prediction_labels``.
+
 JSON schema (``write_json``; NaN and +inf are written as JSON's ``NaN`` / ``Infinity`` tokens,
 as nnU-Net's ``summary.json`` does; Python's ``json`` and pandas read them)::
 
@@ -18,6 +30,8 @@ as nnU-Net's ``summary.json`` does; Python's ``json`` and pandas read them)::
       "labels": {key: name},             # evaluated classes; key "1" or "(1, 2)" (a region)
       "ignore_label": int | null,
       "ignored_predictions": [str],      # prediction files with no reference
+      "unscored_prediction_labels": {case: [int]},   # prediction labels outside the classes and
+                                                     # every reference (only with explicit labels)
       "cases": [{"case": str, "reference_file": str, "prediction_file": str,
                  "spacing": [z, y, x],   # mm
                  "metrics": {key: {"dice": float, "hd95": float, "nsd": float,
@@ -35,6 +49,7 @@ NaN / inf are written ``nan`` / ``inf``.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
 import os
@@ -87,9 +102,10 @@ def labels_from_dataset_json(path: str | os.PathLike
     return out, names, ignore
 
 
-def _unique_labels(path: str) -> list[int]:
+def _unique_labels(job: tuple[str, str]) -> list[int]:
     import SimpleITK as sitk
-    return [int(v) for v in np.unique(sitk.GetArrayFromImage(sitk.ReadImage(path)))]
+    case, path = job
+    return sorted(_label_values(case, "reference", Path(path), sitk.GetArrayFromImage(sitk.ReadImage(path))))
 
 
 # ---------------------------------------------------------------------------------- pairing + checks
@@ -156,14 +172,52 @@ def pair_cases(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike,
 
 
 # ---------------------------------------------------------------------------------- per case (worker)
+def _label_values(case: str, what: str, path: Path, seg: np.ndarray) -> set[int]:
+    """The labels in ``seg``; :class:`EvaluationError` if it holds anything but integers."""
+    if not (np.issubdtype(seg.dtype, np.integer) or seg.dtype == bool):
+        values = np.unique(seg)
+        bad = values[~np.isfinite(values) | (values != np.round(values))]
+        if bad.size:
+            raise EvaluationError(
+                f"case '{case}': {what} '{path}' holds non-integer values (e.g. {float(bad[0]):g}); a segmentation "
+                f"must hold integer labels — export label maps (as nnUNetv2_predict does), not probabilities "
+                f"or a linearly interpolated mask (resample label maps with nearest neighbour)")
+        return {int(v) for v in values}
+    return {int(v) for v in np.unique(seg)}
+
+
+def _check_known(case: str, what: str, path: Path, values: set[int], known: frozenset[int] | None,
+                 dataset_json: str | None) -> None:
+    """:class:`EvaluationError` naming the case and labels if ``values`` holds labels outside ``known``
+    (the labels ``dataset_json`` declares, else background and the references' labels)."""
+    unknown = sorted(values - known) if known is not None else []
+    if not unknown:
+        return
+    shown, listed = " ".join(map(str, unknown)), " ".join(map(str, sorted(known)))
+    if dataset_json is not None:
+        raise EvaluationError(f"case '{case}': {what} '{path}' holds label(s) {shown} that dataset.json "
+                              f"'{dataset_json}' does not declare (declared: {listed}); check that the "
+                              f"{what}s belong to this dataset and use its label numbering")
+    classes = " ".join(map(str, sorted((known | set(unknown)) - {0})))
+    raise EvaluationError(f"case '{case}': {what} '{path}' holds label(s) {shown} that no reference has (the "
+                          f"references hold {listed}), so they would go unscored; give the classes with "
+                          f"--labels (e.g. --labels {classes}) or --dataset-json")
+
+
 def _evaluate_case(job: tuple) -> dict:
     import SimpleITK as sitk
-    case, ref, pred, labels, tolerance_mm, ignore_label = job
+    case, ref, pred, labels, tolerance_mm, ignore_label, known, dataset_json = job
     img_ref, img_pred = sitk.ReadImage(str(ref)), sitk.ReadImage(str(pred))
     spacing = tuple(float(s) for s in img_ref.GetSpacing()[::-1])  # SimpleITK (x,y,z) -> array (z,y,x)
     seg_ref, seg_pred = sitk.GetArrayViewFromImage(img_ref), sitk.GetArrayViewFromImage(img_pred)
+    ref_values = _label_values(case, "reference", ref, seg_ref)
+    pred_values = _label_values(case, "prediction", pred, seg_pred)
+    if dataset_json is not None:
+        _check_known(case, "reference", ref, ref_values, known, dataset_json)
+    _check_known(case, "prediction", pred, pred_values, known, dataset_json)
     return {"case": case, "reference_file": str(ref), "prediction_file": str(pred), "spacing": list(spacing),
-            "metrics": case_metrics(seg_ref, seg_pred, spacing, labels, tolerance_mm, ignore_label)}
+            "metrics": case_metrics(seg_ref, seg_pred, spacing, labels, tolerance_mm, ignore_label),
+            "_ref_values": sorted(ref_values), "_pred_values": sorted(pred_values)}
 
 
 class _Runner:
@@ -231,7 +285,9 @@ def evaluate_folders(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike,
         The result dict described in the module docstring.
 
     Raises:
-        EvaluationError: missing cases, mismatched geometry, bad labels; nothing is computed then.
+        EvaluationError: missing cases, mismatched geometry, bad labels (nothing is computed then);
+            a label map with non-integer values or with labels outside the known ones (see the
+            module docstring), naming the case and file.
     """
     if not (isinstance(tolerance_mm, (int, float)) and math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise EvaluationError(f"tolerance must be a finite number of mm >= 0, got {tolerance_mm}")
@@ -241,21 +297,36 @@ def evaluate_folders(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     nproc = default_num_processes() if num_processes is None else max(1, int(num_processes))
 
     names, ignore_label = {}, None
+    known = None                      # the labels a prediction may hold (None: any)
     if dataset_json is not None:
         ds_labels, names, ignore_label = labels_from_dataset_json(dataset_json)
+        known = frozenset({0} | {v for lr in ds_labels for v in (lr if isinstance(lr, tuple) else (lr,))}
+                          | ({ignore_label} if ignore_label is not None else set()))
         if labels is None:
             labels = ds_labels
+    explicit = labels is not None and dataset_json is None
     if labels is not None:
         labels = _check_labels(labels, ignore_label)
     with _Runner(min(nproc, len(pairs)), progress) as runner:
         if labels is None:
-            found = runner.map(_unique_labels, [str(r) for _, r, _ in pairs], "labels")
+            found = runner.map(_unique_labels, [(c, str(r)) for c, r, _ in pairs], "labels")
             labels = sorted({v for vs in found for v in vs} - {0})
             if not labels:
                 raise EvaluationError(f"no classes to evaluate: the references in '{gt_dir}' contain only "
                                       f"background; give the classes with --labels or --dataset-json")
-        jobs = [(case, ref, pred, labels, float(tolerance_mm), ignore_label) for case, ref, pred in pairs]
+            known = frozenset({0, *labels})
+        ds = None if dataset_json is None else str(dataset_json)
+        jobs = [(case, ref, pred, labels, float(tolerance_mm), ignore_label, known, ds)
+                for case, ref, pred in pairs]
         cases = runner.map(_evaluate_case, jobs, "evaluate")
+
+    # explicit classes without a dataset.json: labels no reference has and no class covers are reported
+    ref_values = {v for c in cases for v in c.pop("_ref_values")}
+    pred_values = {c["case"]: set(c.pop("_pred_values")) for c in cases}
+    unscored = {}
+    if explicit:
+        covered = {0} | ref_values | {v for lr in labels for v in (lr if isinstance(lr, tuple) else (lr,))}
+        unscored = {case: sorted(vs - covered) for case, vs in pred_values.items() if vs - covered}
 
     from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
     keys = [label_or_region_to_key(lr) for lr in labels]
@@ -270,6 +341,7 @@ def evaluate_folders(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike,
         "labels": {k: names.get(lr, k) for k, lr in zip(keys, labels)},
         "ignore_label": ignore_label,
         "ignored_predictions": ignored,
+        "unscored_prediction_labels": unscored,
         "cases": cases,
         "mean": mean,
         "overall": summarize_overall(list(mean.values())),
@@ -277,26 +349,48 @@ def evaluate_folders(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike,
 
 
 # ---------------------------------------------------------------------------------- output
+def _atomic_write_all(items: Sequence[tuple[str | os.PathLike, object]]) -> None:
+    """Write each ``(path, write)`` via ``write(file)`` to a temp file beside ``path``; only when all
+    are written are they renamed into place, so a failure while writing changes none of them."""
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, write in items:
+            path = Path(path)
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append((tmp, path))
+            with os.fdopen(fd, "w", newline="") as f:
+                write(f)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have given
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _atomic_write(path: str | os.PathLike, write) -> None:
     """Write via ``write(file)`` to a temp file beside ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have given
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write_all([(path, write)])
+
+
+def _write_json_to(result: dict):
+    return lambda f: (json.dump(result, f, indent=2), f.write("\n"))
 
 
 def write_json(result: dict, path: str | os.PathLike) -> None:
     """Write ``result`` as JSON (atomically; NaN/+inf as ``NaN``/``Infinity``)."""
-    _atomic_write(path, lambda f: (json.dump(result, f, indent=2), f.write("\n")))
+    _atomic_write(path, _write_json_to(result))
+
+
+def write_outputs(result: dict, json_path: str | os.PathLike, csv_path: str | os.PathLike) -> None:
+    """Write the JSON and the CSV of ``result``: both, or (on an error) neither."""
+    _atomic_write_all([(json_path, _write_json_to(result)), (csv_path, _write_csv_to(result))])
 
 
 def csv_rows(result: dict) -> list[dict]:
@@ -312,13 +406,17 @@ def csv_rows(result: dict) -> list[dict]:
     return rows
 
 
-def write_csv(result: dict, path: str | os.PathLike) -> None:
-    """Write :func:`csv_rows` as CSV (atomically)."""
+def _write_csv_to(result: dict):
     def write(f):
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         w.writeheader()
         w.writerows(csv_rows(result))
-    _atomic_write(path, write)
+    return write
+
+
+def write_csv(result: dict, path: str | os.PathLike) -> None:
+    """Write :func:`csv_rows` as CSV (atomically)."""
+    _atomic_write(path, _write_csv_to(result))
 
 
 def format_number(x: float | None, nd: int = 4) -> str:

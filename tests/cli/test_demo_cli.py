@@ -39,19 +39,23 @@ def test_demo_runs_the_workflow_for_two_trainers_compares_and_reuses(tmp_path):
     results = next((root / "results").glob("Dataset987_*"))
     names = ["SmallUNetTrainer_1epoch_3iters", "nnUNetTrainer_1epoch_3iters"]
     for name in names:
-        metrics = json.loads((results / "nnunet_ext_demo" / name / "test_metrics.json").read_text())
+        run = results / "nnunet_ext_demo" / name / "folds_0"
+        metrics = json.loads((run / "test_metrics.json").read_text())
         assert len(metrics["cases"]) == 2 and set(metrics["mean"]) == {"1", "2"}
         assert 0.0 <= metrics["overall"]["dice"] <= 1.0
-        assert len(list((results / "nnunet_ext_demo" / name / "overlays").glob("*.png"))) == 2
+        assert metrics["prediction_folder"] == str(run / "test_predictions")
+        assert len(list((run / "overlays").glob("*.png"))) == 2
         # the variant timed its train steps: 3 in one epoch, the first left out as warm-up
         steps = json.loads((results / f"{name}__nnUNetPlans__3d_fullres" / "fold_0" / "train_step_seconds.json")
                            .read_text())
         assert steps["num_timed_iterations"] == 2 and steps["median_s_per_iteration"] > 0
     # the side-by-side table: one row per trainer, ratios to stock nnU-Net, Dice as in the metrics files
-    rows = json.loads((results / "nnunet_ext_demo" / "comparison_SmallUNetTrainer-nnUNetTrainer_1x3.json").read_text())
+    comparison = results / "nnunet_ext_demo" / "comparison_SmallUNetTrainer-nnUNetTrainer_1x3_folds_0.json"
+    rows = json.loads(comparison.read_text())
     assert [r["trainer"] for r in rows] == names
     for r in rows:
-        metrics = json.loads((results / "nnunet_ext_demo" / r["trainer"] / "test_metrics.json").read_text())
+        metrics = json.loads((results / "nnunet_ext_demo" / r["trainer"] / "folds_0" / "test_metrics.json")
+                             .read_text())
         assert r["test_overall"]["dice"] == metrics["overall"]["dice"] and r["s_per_iteration"] > 0
         assert set(r["validation_dice"]) == {"0"} and 0 <= r["validation_dice"]["0"] <= 1
         assert r["training_wall_s"] > 0
@@ -64,7 +68,27 @@ def test_demo_runs_the_workflow_for_two_trainers_compares_and_reuses(tmp_path):
     assert "==> plan and preprocess" not in again and "reusing the demo dataset" in again
     assert again.count("fold 0: reusing the trained model") == 2
     assert again.count("==> reusing the test predictions") == 2 and "==> predicting" not in again
-    assert json.loads((results / "nnunet_ext_demo" / "comparison_SmallUNetTrainer-nnUNetTrainer_1x3.json").read_text()) == rows
+    assert json.loads(comparison.read_text()) == rows
+
+
+def test_demo_default_trainer(tmp_path):
+    """`nnunet-ext demo` as the README gives it, with its default trainer (MISSU), at a tiny budget."""
+    p = subprocess.run([str(BIN / "nnunet-ext"), "demo", "--epochs", "1", "--iters", "2", "--spacing", "8"],
+                       cwd=tmp_path, env=_user_env(tmp_path), capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-5000:]
+    trainer = "MISSUTrainer_1epoch_2iters"
+    assert p.stdout.startswith("nnunet-ext demo: MISSUTrainer (1 epochs x 2 iterations, folds 0)")
+    assert f"######## {trainer}" in p.stdout and "==> training fold 0" in p.stdout
+    results = tmp_path / "nnunet_ext_demo" / "results" / "Dataset987_NNExtDemo"
+    run = results / "nnunet_ext_demo" / trainer / "folds_0"
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert len(metrics["cases"]) == 2 and set(metrics["mean"]) == {"1", "2"}
+    assert 0.0 <= metrics["overall"]["dice"] <= 1.0
+    stamp = json.loads((run / "test_predictions" / "nnunet_ext_demo_predictions.json").read_text())
+    assert stamp["trainer"] == trainer and stamp["folds"] == [0] and stamp["dataset"]["spacing_mm"] == 8.0
+    steps = json.loads((results / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0" / "train_step_seconds.json")
+                       .read_text())
+    assert steps["num_timed_iterations"] == 1 and steps["median_s_per_iteration"] > 0
 
 
 def test_demo_rejects_bad_arguments(tmp_path):
@@ -96,6 +120,7 @@ def test_demo_five_folds_selects_a_configuration_and_postprocesses(tmp_path):
     line = next(x for x in out.splitlines() if "cross-validation Dice (nnU-Net's validation" in x)
     assert all(f"fold {f} " in line for f in range(5))
     # the evaluated predictions are the postprocessed ensemble of the five folds
-    metrics = json.loads((results / "nnunet_ext_demo" / trainer / "test_metrics.json").read_text())
-    assert metrics["prediction_folder"].endswith("test_predictions_postprocessed") and len(metrics["cases"]) == 2
-    assert len(list((results / "nnunet_ext_demo" / trainer / "test_predictions_postprocessed").glob("*.nii.gz"))) == 2
+    run = results / "nnunet_ext_demo" / trainer / "folds_0_1_2_3_4"
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["prediction_folder"] == str(run / "test_predictions_postprocessed") and len(metrics["cases"]) == 2
+    assert len(list((run / "test_predictions_postprocessed").glob("*.nii.gz"))) == 2

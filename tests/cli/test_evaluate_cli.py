@@ -78,6 +78,59 @@ def test_evaluate_bad_input_names_the_case_and_writes_nothing(folders, damage, m
     assert not list(pred.glob("evaluation*")) and not list(pred.glob(".*"))
 
 
+def _fractional(root, gt, pred):
+    img = sitk.ReadImage(str(pred / "case_001.nii.gz"))
+    soft = sitk.Cast(img, sitk.sitkFloat32) * 0.5          # labels 1, 2 -> 0.5, 1.0
+    sitk.WriteImage(soft, str(pred / "case_001.nii.gz"))
+
+
+def _extra_label(root, gt, pred):
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / "case_000.nii.gz")))
+    arr[0, :2, :2] = 7
+    write(arr, pred / "case_000.nii.gz")
+
+
+@pytest.mark.parametrize("setup, extra, match", [
+    (lambda root, gt, pred: (root / "res").mkdir(), ["--out", "{root}/res"],
+     r"--out '.*res' is a folder; give a file name, e.g. --out .*res/evaluation\.json$"),
+    (lambda root, gt, pred: (root / "res.csv").mkdir(), ["--out", "{root}/res.json"],
+     r"--csv '.*res\.csv' is a folder; give a file name"),
+    (lambda root, gt, pred: (root / "afile").write_text(""), ["--out", "{root}/afile/sub/e.json"],
+     r"--out '.*afile/sub/e\.json' cannot be written: '.*afile' is a file, not a folder"),
+    (_fractional, ["--out", "{root}/e.json", "--num-processes", "2"],
+     r"case 'case_001': prediction '.*case_001\.nii\.gz' holds non-integer values \(e\.g\. 0\.5\); a "
+     r"segmentation must hold integer labels"),
+    (_extra_label, ["--out", "{root}/e.json", "--dataset-json", "{root}/dataset.json", "--num-processes", "1"],
+     r"case 'case_000': prediction '.*case_000\.nii\.gz' holds label\(s\) 7 that dataset\.json '.*' does not "
+     r"declare \(declared: 0 1 2\)"),
+    (_extra_label, ["--out", "{root}/e.json", "--num-processes", "1"],
+     r"case 'case_000': prediction .* holds label\(s\) 7 that no reference has .*--labels 1 2 7"),
+    (lambda root, gt, pred: None, ["--out", "{root}/e.json", "--num-processes", "0"], "--num-processes must be >= 1"),
+    (lambda root, gt, pred: None, ["--out", "{root}/e.json", "--tolerance", "-1"], "tolerance must be a finite"),
+    (lambda root, gt, pred: None, ["--out", "{root}/e.json", "--labels", "0"], "--labels takes foreground labels"),
+], ids=["out-is-folder", "csv-is-folder", "out-under-file", "fractional-prediction", "label-not-in-dataset-json",
+        "label-in-no-reference", "num-processes-0", "negative-tolerance", "labels-0"])
+def test_evaluate_bad_input_is_one_line_and_writes_nothing(folders, setup, extra, match):
+    root, gt, pred = folders
+    setup(root, gt, pred)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(SystemExit, match=match) as e:
+        main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--quiet", *[a.format(root=root) for a in extra]])
+    assert str(e.value).startswith("nnunet-ext evaluate: ") and "\n" not in str(e.value)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_evaluate_warns_about_prediction_labels_left_unscored(folders, capsys):
+    root, gt, pred = folders
+    _extra_label(root, gt, pred)
+    assert main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--labels", "1", "--quiet",
+                 "--num-processes", "1", "--out", str(root / "e.json")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: predictions hold labels that are not among --labels and in no reference, so they were not " \
+           "scored ('case_000': 7); add them to --labels to score them" in err
+    assert json.loads((root / "e.json").read_text())["unscored_prediction_labels"] == {"case_000": [7]}
+
+
 def test_evaluate_bad_labels(folders):
     root, gt, pred = folders
     with pytest.raises(SystemExit, match="--labels takes integer"):

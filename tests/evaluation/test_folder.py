@@ -9,13 +9,14 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_ext.evaluation.folder import (CSV_COLUMNS, SCHEMA, EvaluationError, evaluate_folders,
-                                          format_summary, labels_from_dataset_json, write_csv, write_json)
+                                          format_summary, labels_from_dataset_json, write_csv, write_json,
+                                          write_outputs)
 
 SITK_SPACING = (1.0, 1.0, 3.0)  # SimpleITK order (x, y, z): 3 mm slices
 
 
-def write(arr, path, spacing=SITK_SPACING, origin=(0.0, 0.0, 0.0)):
-    img = sitk.GetImageFromArray(arr.astype(np.uint8))
+def write(arr, path, spacing=SITK_SPACING, origin=(0.0, 0.0, 0.0), dtype=np.uint8):
+    img = sitk.GetImageFromArray(arr.astype(dtype))
     img.SetSpacing(spacing)
     img.SetOrigin(origin)
     sitk.WriteImage(img, str(path))
@@ -72,7 +73,9 @@ def test_json_and_csv_schema(folders, tmp_path):
     j = json.loads((tmp_path / "out" / "e.json").read_text())
     assert j["schema"] == SCHEMA
     assert set(j) == {"schema", "reference_folder", "prediction_folder", "file_ending", "tolerance_mm",
-                      "hd_percentile", "labels", "ignore_label", "ignored_predictions", "cases", "mean", "overall"}
+                      "hd_percentile", "labels", "ignore_label", "ignored_predictions", "unscored_prediction_labels",
+                      "cases", "mean", "overall"}
+    assert j["unscored_prediction_labels"] == {}
     assert set(j["cases"][0]) == {"case", "reference_file", "prediction_file", "spacing", "metrics"}
     assert set(j["cases"][0]["metrics"]["1"]) == {"dice", "hd95", "nsd", "n_ref", "n_pred"}
     assert set(j["mean"]["2"]) == {"dice", "hd95", "hd95_finite", "nsd", "n_cases", "n_both_empty", "n_one_empty"}
@@ -142,3 +145,75 @@ def test_bad_labels_and_folders(folders, tmp_path):
         evaluate_folders(gt, pred, labels=[1, 1], progress=False)
     with pytest.raises(EvaluationError, match="tolerance"):
         evaluate_folders(gt, pred, tolerance_mm=-1, progress=False)
+
+
+@pytest.mark.parametrize("where", ["pred", "gt"])
+def test_fractional_label_map_is_refused_naming_the_file(folders, where):
+    gt, pred = folders
+    soft = reference().astype(np.float32)
+    soft[soft == 2] = 1.6                          # e.g. a linearly interpolated mask
+    folder = pred if where == "pred" else gt
+    write(soft, folder / "case_b.nii.gz", dtype=np.float32)
+    what = "prediction" if where == "pred" else "reference"
+    for kwargs in ({}, {"labels": [1, 2]}):        # labels from the references, or given
+        with pytest.raises(EvaluationError, match=rf"case 'case_b': {what} '.*case_b\.nii\.gz' holds "
+                                                  rf"non-integer values \(e\.g\. 1\.6\)"):
+            evaluate_folders(gt, pred, num_processes=1, progress=False, **kwargs)
+
+
+def test_float_label_map_with_integer_values_is_scored(folders):
+    gt, pred = folders
+    write(reference(), pred / "case_b.nii.gz", dtype=np.float32)
+    r = evaluate_folders(gt, pred, num_processes=1, progress=False)
+    assert r["cases"][1]["metrics"]["2"]["dice"] == 1.0
+
+
+def test_prediction_label_outside_dataset_json_is_an_error(folders, tmp_path):
+    gt, pred = folders
+    ds = tmp_path / "dataset.json"
+    ds.write_text(json.dumps({"labels": {"background": 0, "slab": 1, "cube": 2}}))
+    extra = reference()
+    extra[15:18, 30:35, 30:35] = 3
+    write(extra, pred / "case_b.nii.gz")
+    with pytest.raises(EvaluationError, match=r"case 'case_b': prediction '.*case_b\.nii\.gz' holds label\(s\) 3 "
+                                              r"that dataset.json '.*' does not declare \(declared: 0 1 2\)"):
+        evaluate_folders(gt, pred, dataset_json=ds, num_processes=1, progress=False)
+    # the same for a reference
+    write(extra, gt / "case_a.nii.gz")
+    write(extra, pred / "case_a.nii.gz")
+    with pytest.raises(EvaluationError, match=r"case 'case_a': reference .* holds label\(s\) 3"):
+        evaluate_folders(gt, pred, dataset_json=ds, num_processes=1, progress=False)
+    # declared (here as a region member), it is scored
+    ds.write_text(json.dumps({"labels": {"background": 0, "slab": 1, "cube": 2, "both": [2, 3]}}))
+    r = evaluate_folders(gt, pred, dataset_json=ds, num_processes=1, progress=False)
+    assert r["cases"][1]["metrics"]["(2, 3)"]["n_pred"] == 48 + 75
+
+
+def test_prediction_label_in_no_reference_is_an_error_when_classes_are_inferred(folders):
+    gt, pred = folders
+    extra = reference()
+    extra[15:18, 30:35, 30:35] = 3
+    write(extra, pred / "case_b.nii.gz")
+    with pytest.raises(EvaluationError, match=r"case 'case_b': prediction .* holds label\(s\) 3 that no reference "
+                                              r"has \(the references hold 0 1 2\).*--labels 1 2 3"):
+        evaluate_folders(gt, pred, num_processes=1, progress=False)
+    # explicit classes: scored as asked, the other label reported per case
+    r = evaluate_folders(gt, pred, labels=[1], num_processes=1, progress=False)
+    assert list(r["labels"]) == ["1"] and r["unscored_prediction_labels"] == {"case_b": [3]}
+    r = evaluate_folders(gt, pred, labels=[1, 3], num_processes=1, progress=False)
+    assert r["unscored_prediction_labels"] == {} and r["cases"][1]["metrics"]["3"]["n_pred"] == 75
+    # labels the references have but the caller left out (1, 2 here) are the caller's choice, not reported
+    r = evaluate_folders(gt, pred, labels=[3], num_processes=1, progress=False)
+    assert list(r["labels"]) == ["3"] and r["unscored_prediction_labels"] == {}
+
+
+def test_write_outputs_writes_both_or_neither(folders, tmp_path):
+    gt, pred = folders
+    r = evaluate_folders(gt, pred, num_processes=1, progress=False)
+    out = tmp_path / "out"
+    (out / "e.csv").mkdir(parents=True)             # the CSV cannot be written
+    with pytest.raises(IsADirectoryError):
+        write_outputs(r, out / "e.json", out / "e.csv")
+    assert sorted(p.name for p in out.iterdir()) == ["e.csv"]   # no JSON, no temp files
+    write_outputs(r, out / "e.json", out / "r.csv")
+    assert json.loads((out / "e.json").read_text())["schema"] == SCHEMA and (out / "r.csv").is_file()

@@ -1,0 +1,173 @@
+"""What a re-run of `nnunet-ext demo` reuses, in-process with the stock commands stood in for:
+the dataset and what was made from it only at the same settings, test predictions only for the
+same trainer, folds and checkpoints (the end-to-end runs are in test_demo_cli.py)."""
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nilearn")
+sitk = pytest.importorskip("SimpleITK")
+
+from nnunet_ext.cli import demo as demo_cli  # noqa: E402
+from nnunet_ext.data import demo as demo_data  # noqa: E402
+
+NAME = f"Dataset{demo_data.DEMO_DATASET_ID:03d}_{demo_data.DEMO_DATASET_NAME}"
+
+
+@pytest.fixture
+def wf(tmp_path, monkeypatch):
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    return demo_cli.Workflow(demo_data.DEMO_DATASET_ID, NAME, "cpu")
+
+
+def _made_from(wf, raw_dir: Path) -> list[Path]:
+    """Stand-ins for what plan_and_preprocess and nnUNetv2_train leave: each with nnU-Net's copy of
+    dataset.json. Returns them."""
+    model = wf.results("SmallUNetTrainer_1epoch_2iters")
+    for folder in (wf.preprocessed, model):
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(raw_dir / "dataset.json", folder / "dataset.json")
+    (wf.preprocessed / "nnUNetPlans.json").write_text("{}")
+    (model / "fold_0").mkdir(exist_ok=True)
+    (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"model")
+    (wf.out / "SmallUNetTrainer_1epoch_2iters" / "folds_0").mkdir(parents=True, exist_ok=True)
+    return [wf.preprocessed, model, wf.out]
+
+
+def test_other_spacing_rebuilds_the_dataset_and_removes_what_was_made_from_it(wf, capsys):
+    raw_dir = demo_cli._prepare_dataset(wf, 8.0)
+    assert "==> building the demo dataset" in capsys.readouterr().out
+    made = _made_from(wf, raw_dir)
+
+    assert demo_cli._prepare_dataset(wf, 8.0) == raw_dir           # same spacing: everything reused
+    out = capsys.readouterr().out
+    assert "==> reusing the demo dataset" in out and "removing" not in out
+    assert all(p.exists() for p in made)
+
+    assert demo_cli._prepare_dataset(wf, 10.0) == raw_dir          # other spacing: rebuilt, no FileExistsError
+    out = capsys.readouterr().out
+    assert f"==> the demo dataset in {raw_dir} was built at 8 mm; rebuilding it at 10 mm" in out
+    assert (f"==> removing {wf.results_root} and {wf.preprocessed}: made from the demo dataset at 8 mm, they do "
+            f"not fit the 10 mm data") in out
+    assert demo_data.demo_record(raw_dir)["spacing_mm"] == 10.0
+    img = sitk.ReadImage(str(raw_dir / "imagesTr" / "case_000_0000.nii.gz"))
+    assert np.allclose(img.GetSpacing(), (10.0, 10.0, 10.0))
+    assert not wf.preprocessed.exists() and not wf.results_root.exists()
+    assert sorted(p.name for p in wf.raw.iterdir()) == [NAME]      # the old dataset is not left aside
+
+    # a run stopped after the rebuild, before the removal: the next one still removes the old plans
+    (wf.preprocessed).mkdir(parents=True)
+    record = json.loads((raw_dir / "dataset.json").read_text())
+    record["nnunet_ext_demo"]["spacing_mm"] = 8.0
+    (wf.preprocessed / "dataset.json").write_text(json.dumps(record))
+    demo_cli._prepare_dataset(wf, 10.0)
+    out = capsys.readouterr().out
+    assert "==> reusing the demo dataset" in out and f"==> removing {wf.preprocessed}: made from" in out
+    assert not wf.preprocessed.exists()
+
+
+def test_a_folder_the_demo_did_not_build_is_left_alone(wf):
+    foreign = wf.raw / NAME
+    foreign.mkdir(parents=True)
+    (foreign / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    with pytest.raises(SystemExit, match=rf"nnunet-ext demo: '{foreign}' exists but is not a demo dataset .*; "
+                                         r"move it away or pass another --dataset-id"):
+        demo_cli._prepare_dataset(wf, 8.0)
+    assert sorted(p.name for p in foreign.iterdir()) == ["dataset.json"]
+
+    shutil.rmtree(foreign)
+    (wf.results_root.parent / "Dataset987_Mine").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"dataset id 987 is already used by Dataset987_Mine in nnUNet_results .*"
+                                         r"pass another --dataset-id"):
+        demo_cli._prepare_dataset(wf, 8.0)
+    assert not (wf.raw / NAME).exists()
+
+
+class FakeStock:
+    """Stands in for nnUNetv2_train / nnUNetv2_predict: records the commands, writes what they would.
+
+    A prediction of the folds ``0`` marks voxels of label 2 as 1 and an ensemble of more folds predicts
+    the reference, so the metrics show which predictions they were computed from."""
+
+    def __init__(self, wf, raw_dir):
+        self.wf, self.raw_dir, self.commands = wf, raw_dir, []
+
+    def __call__(self, title, cmd, **env):
+        self.commands.append(cmd)
+        if cmd[0] == "nnUNetv2_train":
+            fold = self.wf.results(cmd[5]) / f"fold_{cmd[3]}"
+            (fold / "validation").mkdir(parents=True, exist_ok=True)
+            (fold / "checkpoint_final.pth").write_bytes(b"model")
+            (fold / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {"Dice": 0.5}}))
+        elif cmd[0] == "nnUNetv2_predict":
+            out = Path(cmd[cmd.index("-o") + 1])
+            folds = cmd[cmd.index("-f") + 1:cmd.index("-device")]
+            out.mkdir(parents=True)
+            for ref in (self.raw_dir / "labelsTs").glob("*.nii.gz"):
+                img = sitk.ReadImage(str(ref))
+                arr = sitk.GetArrayFromImage(img)
+                if folds == ["0"]:
+                    arr[arr == 2] = 1
+                pred = sitk.GetImageFromArray(arr)
+                pred.CopyInformation(img)
+                sitk.WriteImage(pred, str(out / ref.name))
+        else:
+            raise AssertionError(f"unexpected command {cmd}")
+        return 1.0
+
+    def take(self):
+        done, self.commands = self.commands, []
+        return [(c[0], c[c.index("-f") + 1:c.index("-device")] if c[0] == "nnUNetv2_predict" else c[3])
+                for c in done]
+
+
+def test_test_predictions_belong_to_their_folds_and_checkpoints(wf, monkeypatch, capsys):
+    raw_dir = demo_data.build_demo_dataset(wf.raw, num_train=1, num_test=2, spacing_mm=10.0, progress=False)
+    stock = FakeStock(wf, raw_dir)
+    monkeypatch.setattr(wf, "run", stock)
+    trainer = "SmallUNetTrainer_1epoch_2iters"
+
+    def demo(*folds):
+        args = argparse.Namespace(folds=list(folds), epochs=1, iters=2)
+        row = demo_cli._run_trainer(wf, "SmallUNetTrainer", args, raw_dir)
+        return row, capsys.readouterr().out
+
+    row, _ = demo(0, 1)
+    assert stock.take() == [("nnUNetv2_train", "0"), ("nnUNetv2_train", "1"), ("nnUNetv2_predict", ["0", "1"])]
+    assert row["test_overall"]["dice"] == 1.0
+    run01 = wf.out / trainer / "folds_0_1"
+    stamp = json.loads((run01 / "test_predictions" / demo_cli.PREDICTION_STAMP).read_text())
+    assert stamp["trainer"] == trainer and stamp["folds"] == [0, 1] and set(stamp["checkpoints"]) == {"0", "1"}
+
+    # fewer folds: the fold-0 model is reused, but the ensemble's predictions are not
+    row, out = demo(0)
+    assert stock.take() == [("nnUNetv2_predict", ["0"])] and "reusing the test predictions" not in out
+    assert row["test_dice"]["white_matter"] == 0.0              # the fold-0 predictions were scored
+    metrics = json.loads((wf.out / trainer / "folds_0" / "test_metrics.json").read_text())
+    assert metrics["prediction_folder"] == str(wf.out / trainer / "folds_0" / "test_predictions")
+    assert json.loads((run01 / "test_metrics.json").read_text())["overall"]["dice"] == 1.0   # kept apart
+
+    # the same folds again: reused
+    row, out = demo(0, 1)
+    assert stock.take() == [] and f"==> reusing the test predictions in {run01 / 'test_predictions'}" in out
+    assert row["test_overall"]["dice"] == 1.0
+
+    # fold 1 retrained (a new checkpoint): predicted again
+    ckpt = wf.results(trainer) / "fold_1" / "checkpoint_final.pth"
+    os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))
+    demo(0, 1)
+    assert stock.take() == [("nnUNetv2_predict", ["0", "1"])]
+
+    # a prediction missing (a run stopped midway): predicted again, into a cleared folder
+    (wf.out / trainer / "folds_0" / "test_predictions" / "case_001.nii.gz").unlink()
+    (wf.out / trainer / "folds_0" / "test_predictions" / "stale.nii.gz").write_bytes(b"")
+    demo(0)
+    assert stock.take() == [("nnUNetv2_predict", ["0"])]
+    assert not (wf.out / trainer / "folds_0" / "test_predictions" / "stale.nii.gz").exists()
