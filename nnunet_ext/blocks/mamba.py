@@ -113,8 +113,9 @@ class SelectiveSSM(nn.Module):
         delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (B, E, L), L contiguous
         b = b.transpose(1, 2).contiguous()  # (B, N, L)
         c = c.transpose(1, 2).contiguous()
-        A = -torch.exp(self.A_log.float())  # (E, N)
-        return selective_scan(x, delta, A, b, c, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32  # the scan's compute dtype
+        A = -torch.exp(self.A_log.to(ct))  # (E, N)
+        return selective_scan(x, delta, A, b, c, self.D.to(ct), z=z, delta_bias=self.dt_proj.bias.to(ct),
                               delta_softplus=True)
 
 

@@ -7,15 +7,17 @@ Public API (one signature each, whatever the back-end):
 - ``causal_conv1d(x, weight, bias=None, activation=None, backend=None)`` -- ``causal_conv1d_fn``'s.
 
 Back-end selection (``backend=`` or ``$NNUNET_EXT_SCAN_BACKEND``: auto | cuda | fused | torch |
-reference) lives in :mod:`nnunet_ext.ops.backends`. Note: the function names shadow the module
+reference) lives in :mod:`nnunet_ext.ops.backends`; when ``auto`` falls back to a slower back-end
+it says why, once per process (:class:`SlowBackendWarning`). Under ``torch.compile`` both ops are
+opaque to dynamo (:mod:`nnunet_ext.ops._opaque`). Note: the function names shadow the module
 names ``nnunet_ext.ops.selective_scan`` / ``nnunet_ext.ops.causal_conv1d``; reach the modules
 through ``sys.modules`` or ``importlib.import_module``.
 """
 
 from nnunet_ext.ops.backends import (
-    ENV_VAR, BackendUnavailableError, available_backends, resolve_backend)
+    ENV_VAR, BackendUnavailableError, SlowBackendWarning, available_backends, resolve_backend)
 from nnunet_ext.ops.causal_conv1d import causal_conv1d
 from nnunet_ext.ops.selective_scan import selective_scan
 
 __all__ = ["selective_scan", "causal_conv1d", "available_backends", "resolve_backend",
-           "BackendUnavailableError", "ENV_VAR"]
+           "BackendUnavailableError", "SlowBackendWarning", "ENV_VAR"]

@@ -16,6 +16,12 @@ with the ``backend=`` argument or the environment variable ``NNUNET_EXT_SCAN_BAC
 Optional packages are probed lazily and at most once per process; a broken install (for example
 mamba-ssm built without its CUDA ops, whose import raises ``No module named
 'selective_scan_cuda'``) counts as "not available", it never breaks ``import nnunet_ext``.
+
+No silent slow path: when ``auto`` has to pass over a faster back-end -- the CUDA kernels for
+CUDA tensors (package missing, installed without its CUDA extension, or failing to run on this
+GPU), or the fused kernel for CPU tensors -- a :class:`SlowBackendWarning` naming the reason and
+the fix is issued once per process and op (on stderr under Python's default warning filters).
+Forcing a back-end never warns.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import warnings
+from typing import NamedTuple
 
 import torch
 
@@ -31,12 +39,45 @@ ENV_VAR = "NNUNET_EXT_SCAN_BACKEND"
 #: every name ``backend=`` / the environment variable accepts
 BACKENDS = ("auto", "cuda", "fused", "torch", "reference")
 
-_CUDA_HINT = ('install the CUDA kernels on a GPU machine with `pip install "nnunet-ext[cuda]"` '
-              "(mamba-ssm and causal-conv1d compile against your torch/CUDA pair)")
+#: per op: (pip name, top-level module, build switch of its setup.py, what the kernel is)
+_CUDA_PACKAGES = {
+    "scan": ("mamba-ssm", "mamba_ssm", "MAMBA_FORCE_BUILD", "mamba-ssm's selective-scan kernel"),
+    "conv": ("causal-conv1d", "causal_conv1d", "CAUSAL_CONV1D_FORCE_BUILD", "causal-conv1d's kernel"),
+}
 
 
 class BackendUnavailableError(RuntimeError):
     """A forced back-end cannot run here (missing package, or tensors on the wrong device)."""
+
+
+class SlowBackendWarning(UserWarning):
+    """Automatic selection passed over a faster kernel that should run here (issued once per
+    process and op); the message names the reason and the fix."""
+
+
+class Unavailable(NamedTuple):
+    """Why a back-end cannot run (``reason``) and what makes it run (``fix``)."""
+    reason: str
+    fix: str
+
+
+def _missing_cuda_package(op: str, exc: BaseException) -> Unavailable:
+    """Classify a failed import of ``op``'s CUDA package: not installed, or installed without a
+    working CUDA extension (e.g. ``No module named 'selective_scan_cuda'``)."""
+    pip_name, module, _, _ = _CUDA_PACKAGES[op]
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == module:
+        return Unavailable(f"{pip_name} is not installed ({detail})",
+                           'install the CUDA kernels with `pip install "nnunet-ext[cuda]"` (they compile '
+                           "against your torch/CUDA pair)")
+    return Unavailable(f"{pip_name} is installed without a working CUDA extension ({detail})",
+                       _rebuild_fix(op))
+
+
+def _rebuild_fix(op: str) -> str:
+    pip_name, _, switch, _ = _CUDA_PACKAGES[op]
+    return (f"build it from source on this GPU machine (needs nvcc): `{switch}=TRUE pip install "
+            f"--no-build-isolation --no-cache-dir --force-reinstall {pip_name}`")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,63 +86,72 @@ class BackendUnavailableError(RuntimeError):
 
 @functools.lru_cache(maxsize=None)
 def _probe_mamba_ssm():
-    """``(selective_scan_fn, None)`` when mamba-ssm's CUDA op loads, else ``(None, reason)``."""
+    """``(selective_scan_fn, None)`` when mamba-ssm's CUDA op loads, else ``(None, Unavailable)``."""
     try:
         mod = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
         fn = mod.selective_scan_fn
     except Exception as e:  # ModuleNotFoundError('selective_scan_cuda'), OSError from .so, ...
-        return None, f"{type(e).__name__}: {e}"
+        return None, _missing_cuda_package("scan", e)
     return fn, None
 
 
 @functools.lru_cache(maxsize=None)
 def _probe_causal_conv1d():
+    """``(causal_conv1d_fn, None)`` when causal-conv1d's CUDA op loads, else ``(None, Unavailable)``."""
     try:
         mod = importlib.import_module("causal_conv1d")
         fn = mod.causal_conv1d_fn
         if fn is None:
             raise ImportError("causal_conv1d.causal_conv1d_fn is None (CUDA op missing)")
     except Exception as e:
-        return None, f"{type(e).__name__}: {e}"
+        return None, _missing_cuda_package("conv", e)
     return fn, None
 
 
 @functools.lru_cache(maxsize=None)
 def _probe_fused():
-    """``(module, None)`` when our numba kernel imports and says it can run, else ``(None, reason)``."""
+    """``(module, None)`` when our numba kernel imports and says it can run, else ``(None, Unavailable)``."""
+    fix = "`pip install numba` (a numba that supports this Python and CPU)"
     try:
         mod = importlib.import_module("nnunet_ext.ops.scan_fused")
         ok = bool(mod.fused_available())
     except Exception as e:
-        return None, f"{type(e).__name__}: {e}"
+        return None, Unavailable(f"{type(e).__name__}: {e}", fix)
     if not ok:
-        return None, "nnunet_ext.ops.scan_fused.fused_available() is False (numba missing or broken)"
+        return None, Unavailable(
+            "nnunet_ext.ops.scan_fused.fused_available() is False (numba missing or broken)", fix)
     return mod, None
+
+
+def _run_cuda_probe(op: str, fn, dev: torch.device) -> None:
+    """Call ``op``'s CUDA kernel ``fn`` once on tiny zeros on ``dev`` and wait for it (raises if
+    it cannot run there)."""
+    z = lambda *s: torch.zeros(*s, device=dev)  # noqa: E731
+    if op == "scan":
+        fn(z(1, 1, 4), z(1, 1, 4), z(1, 1) - 1, z(1, 1, 4), z(1, 1, 4))
+    else:
+        fn(z(1, 8, 4), z(8, 4))
+    torch.cuda.synchronize(dev)
 
 
 @functools.lru_cache(maxsize=None)
 def _probe_cuda_call(op: str, index):
-    """None when the CUDA kernel of ``op`` runs on device ``index``, else the reason.
+    """None when the CUDA kernel of ``op`` runs on device ``index``, else :class:`Unavailable`.
 
     Importing is not enough: a wheel built for another GPU architecture imports and then fails
     with "no kernel image". Without a visible GPU there is nothing to run it on (and no CUDA
     tensors), so the import alone counts.
     """
-    fn = mamba_ssm_scan() if op == "scan" else causal_conv1d_cuda_fn()
+    fn, why = _probe_mamba_ssm() if op == "scan" else _probe_causal_conv1d()
     if fn is None:
-        return (_probe_mamba_ssm() if op == "scan" else _probe_causal_conv1d())[1]
+        return why
     if not torch.cuda.is_available():
         return None
     try:
-        dev = torch.device("cuda", torch.cuda.current_device() if index is None else index)
-        z = lambda *s: torch.zeros(*s, device=dev)  # noqa: E731
-        if op == "scan":
-            fn(z(1, 1, 4), z(1, 1, 4), z(1, 1) - 1, z(1, 1, 4), z(1, 1, 4))
-        else:
-            fn(z(1, 8, 4), z(8, 4))
-        torch.cuda.synchronize(dev)
+        _run_cuda_probe(op, fn, torch.device("cuda", torch.cuda.current_device() if index is None else index))
     except Exception as e:
-        return f"the kernel is installed but does not run here: {type(e).__name__}: {e}"
+        return Unavailable(f"{_CUDA_PACKAGES[op][0]} is installed but its kernel does not run on this "
+                           f"GPU ({type(e).__name__}: {e})", _rebuild_fix(op))
     return None
 
 
@@ -122,11 +172,32 @@ def fused_scan():
 
 
 def clear_cache() -> None:
-    """Forget the probes (tests that fake or remove optional packages call this)."""
+    """Forget the probes and the warnings already given (tests that fake or remove optional
+    packages call this)."""
     _probe_mamba_ssm.cache_clear()
     _probe_causal_conv1d.cache_clear()
     _probe_fused.cache_clear()
     _probe_cuda_call.cache_clear()
+    _warned.clear()
+
+
+#: (op, device type) pairs whose slow fallback has been reported in this process
+_warned: set = set()
+
+
+def _warn_fallback(op: str, kind: str, chosen: str, why: Unavailable | None) -> None:
+    """Issue the :class:`SlowBackendWarning` for ``op`` on ``kind`` tensors, once per process
+    (``stacklevel`` points at the caller of :func:`resolve_backend`)."""
+    if (op, kind) in _warned or why is None:
+        return
+    _warned.add((op, kind))
+    what = "selective scan" if op == "scan" else "causal conv1d"
+    faster = _CUDA_PACKAGES[op][3] if kind == "cuda" else "the fused CPU kernel (numba)"
+    warnings.warn(
+        f"nnunet-ext: the {what} on {kind} tensors runs the slower '{chosen}' back-end instead of "
+        f"{faster}: {why.reason}. Fix: {why.fix}. To choose '{chosen}' deliberately (and silence "
+        f"this message) set {ENV_VAR}={chosen}.",
+        SlowBackendWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +257,12 @@ def resolve_backend(tensor, backend: str | None = None, op: str = "scan") -> str
     if kind == "meta":
         return "torch"
     if name == "auto":
-        return available_backends(kind, op)[0]
+        chosen = available_backends(kind, op)[0]
+        if kind == "cuda" and chosen != "cuda":
+            _warn_fallback(op, kind, chosen, _probe_cuda_call(op, _device_index(tensor)))
+        elif kind == "cpu" and op == "scan" and chosen != "fused":
+            _warn_fallback(op, kind, chosen, _probe_fused()[1])
+        return chosen
     if op == "conv" and name in ("fused", "reference"):
         return "torch"  # causal conv1d has only the CUDA kernel and our PyTorch version
     if name == "cuda":
@@ -194,11 +270,11 @@ def resolve_backend(tensor, backend: str | None = None, op: str = "scan") -> str
             raise BackendUnavailableError(
                 f"scan back-end 'cuda' needs CUDA tensors, got {kind} tensors; "
                 f"unset {ENV_VAR} or pass backend='auto'")
-        reason = _probe_cuda_call(op, _device_index(tensor))
-        if reason is not None:
-            pkg = "mamba-ssm" if op == "scan" else "causal-conv1d"
+        why = _probe_cuda_call(op, _device_index(tensor))
+        if why is not None:
+            pkg = _CUDA_PACKAGES[op][0]
             raise BackendUnavailableError(
-                f"scan back-end 'cuda' needs {pkg} with its CUDA ops ({reason}); {_CUDA_HINT}")
+                f"scan back-end 'cuda' needs {pkg} with its CUDA ops ({why.reason}); fix: {why.fix}")
     if name == "fused":
         if kind != "cpu":
             raise BackendUnavailableError(
@@ -206,6 +282,6 @@ def resolve_backend(tensor, backend: str | None = None, op: str = "scan") -> str
         probe = _probe_fused()
         if probe[0] is None:
             raise BackendUnavailableError(
-                f"scan back-end 'fused' is not available ({probe[1]}); "
+                f"scan back-end 'fused' is not available ({probe[1].reason}); "
                 "it needs numba (`pip install numba`) and nnunet_ext.ops.scan_fused")
     return name

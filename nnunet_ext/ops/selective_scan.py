@@ -7,19 +7,14 @@ Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces" (20
 
 The PyTorch back-end (``torch``) is a *blocked* scan, written as one ``autograd.Function``:
 
-- Tokens are cut into blocks of ``T`` (:data:`BLOCK`). Inside a block the recurrence has a closed
-  form from the cumulative sum of Δ·A; since A is (E, N) and Δ is (B, E, L), that cumsum is
-  ``cumsum(Δ) ⊗ A``, a cumsum over a small (B, E, L) tensor. With ``S_t`` the in-block cumsum and
-  ``c`` its value at the block's middle token,
-
-      h_t = e_t · (K + Σ_{s≤t} x_s / e_s),   e_t = exp(S_t − c),   K = exp(c) · h_{block start},
-
-  where ``x_s = Δ_s B_s u_s`` and S, c are multiplied by A. Every exponent is kept within
-  ±``M`` = :data:`EXP_BOUND` (checked per block from the cumsum of Δ, once per call): nothing
-  exponentiates a large positive number, and nothing forms an L×L or T×T matrix. A segment with
-  a block where Δ·A is too large for that (states that forget within a few tokens, common in
-  trained networks) runs the exact recurrence instead, one step per in-block position,
-  vectorised over all its blocks (T steps; measured as fast as the closed form on CPU).
+- Tokens are cut into blocks of ``T`` (:data:`BLOCK`). Inside a block the recurrence runs from a
+  zero state, one step per in-block position, vectorised over all blocks of a segment (T
+  ``addcmul`` calls); the decay factors α_t = e^{Δ_t A} come from one ``exp`` over the segment.
+  The state entering each block is then carried in by ``h_t += e^{S_t A} h_{block start}``, with
+  ``e^{S_t A}`` the in-block cumulative product of α (S_t the in-block cumulative sum of Δ).
+  Every step is the exact recurrence -- no division, no rescaling by large exponentials, nothing
+  whose safety depends on the size of Δ·A -- so one code path serves every input and no value is
+  ever read back to the host (no device synchronisation per call).
 - The state between blocks is carried by a Python loop over L/T blocks (one ``addcmul`` each).
 - The sequence is processed in segments of :data:`SEGMENT_ELEMS` state elements or more (at most
   :data:`MAX_SEGMENTS` segments, each at most :data:`SEGMENT_ELEMS_MAX`), so temporaries stay
@@ -31,6 +26,10 @@ The PyTorch back-end (``torch``) is a *blocked* scan, written as one ``autograd.
 
 Computation is float32 (float64 for float64 input), autocast disabled; the output is cast back
 to u's dtype.
+
+Under ``torch.compile`` dynamo never traces the dispatch: inference calls the opaque custom op
+``torch.ops.nnunet_ext.selective_scan``, calls that need gradients run eagerly behind a graph
+break (see :mod:`nnunet_ext.ops._opaque`).
 """
 
 from __future__ import annotations
@@ -38,13 +37,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nnunet_ext.ops import backends
+from nnunet_ext.ops import _opaque, backends
 
-#: tokens per block of the PyTorch scan (chosen by measurement, see `nnunet-ext benchmark-scan`)
+#: tokens per block of the PyTorch scan (compare others with `nnunet-ext benchmark-scan`, methods torch@T)
 BLOCK = 32
-#: bound on |exponent| in the closed form; blocks beyond it take the exact loop (e^40 ≈ 2e17, far
-#: from float32's 3e38 and from its subnormals, so products of gradients and factors stay exact)
-EXP_BOUND = 40.0
 #: state elements (B·E·N·tokens) per segment on CPU: at least ~4 MB float32 tensors (they stay
 #: in L2/L3), more for long inputs so that there are at most MAX_SEGMENTS segments, up to
 #: SEGMENT_ELEMS_MAX (64 MB tensors). Few large ops matter when the CPU is oversubscribed (e.g.
@@ -78,20 +74,68 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             ``$NNUNET_EXT_SCAN_BACKEND``.
 
     Returns:
-        y (B, E, L) in u's dtype, and the last state (B, E, N) if ``return_last_state``.
+        y (B, E, L) in u's dtype, and if ``return_last_state`` the last state (B, E, N) in
+        float32 (float64 for float64 u).
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend)
+    if not _opaque.compiling():
+        return _dispatch(*args)
+    if _SCAN_OP is None or _opaque.needs_grad(u, delta, A, B, C, D, z, delta_bias):
+        return _dispatch_graph_break(*args)
+    y, last = _SCAN_OP(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), backend)
+    return (y, last) if return_last_state else y
+
+
+def _state_dtype(u):
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend):
+    """Pick the back-end for ``u`` and run it (eagerly); same arguments and results as
+    :func:`selective_scan`."""
     name = backends.resolve_backend(u, backend, op="scan")
     kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                   return_last_state=return_last_state)
     if name == "cuda":
-        return backends.mamba_ssm_scan()(u, delta, A, B, C, **kwargs)
-    if name == "fused":
-        return backends.fused_scan()(u, delta, A, B, C, **kwargs)
-    if name == "reference":
+        out = backends.mamba_ssm_scan()(u, delta, A, B, C, **kwargs)
+    elif name == "fused":
+        out = backends.fused_scan()(u, delta, A, B, C, **kwargs)
+    elif name == "reference":
         from nnunet_ext.ops.reference import selective_scan_sequential
-        return selective_scan_sequential(u, delta, A, B, C, **kwargs)
-    return selective_scan_torch(u, delta, A, B, C, **kwargs)
+        out = selective_scan_sequential(u, delta, A, B, C, **kwargs)
+    else:
+        out = selective_scan_torch(u, delta, A, B, C, **kwargs)
+    if not return_last_state:
+        return out
+    y, last = out
+    return y, last.to(_state_dtype(u))
+
+
+# ---------------------------------------------------------------------------------------------
+# while torch.compile traces (see nnunet_ext.ops._opaque)
+# ---------------------------------------------------------------------------------------------
+
+_dispatch_graph_break = _opaque.graph_break(_dispatch)
+
+_SCAN_OP = None
+if _opaque.HAVE_CUSTOM_OP:
+    @torch.library.custom_op(
+        "nnunet_ext::selective_scan", mutates_args=(),
+        schema="(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+               "Tensor? delta_bias, bool delta_softplus, str? backend) -> (Tensor, Tensor)")
+    def _scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+        """:func:`selective_scan` with ``return_last_state=True``: y (B, E, L) in u's dtype and the
+        last state (B, E, N), both contiguous."""
+        y, last = _dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True, backend)
+        return y.to(u.dtype).contiguous(), last.contiguous()
+
+    @_scan_op.register_fake
+    def _scan_op_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+        return u.new_empty(u.shape), u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=_state_dtype(u))
+
+    _scan_op.register_autograd(_opaque.no_backward("nnunet_ext::selective_scan", "nnunet_ext.ops.selective_scan"))
+    _SCAN_OP = torch.ops.nnunet_ext.selective_scan
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
@@ -243,41 +287,23 @@ class _BlockedScan(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------------------------
-# blocked closed form
+# in-block recurrence and the carry between blocks
 # ---------------------------------------------------------------------------------------------
 
 class _BlockTable:
-    """Per-block factors of one time direction, computed once for the whole sequence.
+    """Per-block decay of one time direction, computed once for the whole sequence.
 
-    From Δ in blocks, d (B, E, nblk, T), with S_t the in-block cumsum of Δ and c its value at the
-    block's middle token, the closed form uses the exponents (S_t − c)·A (per token) and c·A
-    (per block); the carry uses e^{S_T A}. A block is *unsafe* when, for some (batch, channel,
-    state), one of the first two can exceed :data:`EXP_BOUND` in magnitude (states that forget
-    within a few tokens); segments with an unsafe block take the exact in-block loop instead.
-
-    Attributes: ``d`` (B, E, nblk, T); ``rel`` = S − c (B, E, nblk, T); ``decay`` = e^{S_T A} and
-    ``kexp`` = e^{c A} (B, E, nblk, N); ``unsafe_blocks``: list of bool per block, or None.
+    From Δ in blocks, d (B, E, nblk, T): ``d`` itself and ``decay`` = e^{S_T A} (B, E, nblk, N),
+    S_T the block's sum of Δ (what carries a block-start state to the block's end).
     """
 
     def __init__(self, d, A):
-        T = d.shape[-1]
-        cum = d.cumsum(-1)
-        c = cum[..., (T - 1) // 2]
         self.d = d
-        self.rel = cum - c[..., None]
-        span = torch.maximum(self.rel.abs().amax(-1), c.abs())                  # (B, E, nblk)
-        worst = (span[..., None] * A.abs()[:, None, :]).amax(-1).amax(1).amax(0)  # (nblk,)
-        unsafe = worst > EXP_BOUND
-        self.unsafe_blocks = unsafe.tolist() if bool(unsafe.any()) else None
-        a = A[:, None, :]
-        self.decay = torch.exp(cum[..., T - 1, None] * a)
-        self.kexp = torch.exp((c[..., None] * a).clamp_(-EXP_BOUND, EXP_BOUND))
+        self.decay = torch.exp(d.sum(-1)[..., None] * A[:, None, :])
 
     def segment(self, j0, j1):
-        """(d, rel, decay, kexp, closed_form_is_safe) of blocks j0..j1-1."""
-        safe = self.unsafe_blocks is None or not any(self.unsafe_blocks[j0:j1])
-        return (self.d[:, :, j0:j1], self.rel[:, :, j0:j1], self.decay[:, :, j0:j1],
-                self.kexp[:, :, j0:j1], safe)
+        """(d, decay) of blocks j0..j1-1."""
+        return self.d[:, :, j0:j1], self.decay[:, :, j0:j1]
 
 
 def _exponentials(x, A):
@@ -291,17 +317,10 @@ def _scan_blocks(tab, j0, j1, xb, A, h0):
     tab: :class:`_BlockTable`; xb (B, E, nb, T, N) inputs x_t (overwritten); A (E, N); h0 (B, E, N).
     Returns h (B, E, nb, T, N) (``xb``'s storage), block-start states (B, E, nb, N), h_end (B, E, N).
     """
-    d, rel, decay, kexp, safe = tab.segment(j0, j1)
+    d, decay = tab.segment(j0, j1)
     T = d.shape[-1]
-    if safe:  # closed form: h_t = e_t (e^{cA} h_start + Σ_{s≤t} x_s / e_s),  e_t = e^{(S_t - c) A}
-        ex = _exponentials(rel, A)
-        q = xb.div_(ex).cumsum_(3)
-        g_end = ex[..., T - 1, :] * q[..., T - 1, :]               # block-local state at its end
-        h_start, h_end = _carry(decay, g_end, h0)
-        h = q.add_((kexp * h_start)[..., None, :]).mul_(ex)
-        return h, h_start, h_end
-    # exact in-block loop (vectorised over all blocks), then the same carry
     alpha = _exponentials(d, A)                                    # α_t = e^{Δ_t A}
+    # in-block recurrence from a zero state, all blocks at once
     for t in range(1, T):
         torch.addcmul(xb[..., t, :], alpha[..., t, :], xb[..., t - 1, :], out=xb[..., t, :])
     h_start, h_end = _carry(decay, xb[..., T - 1, :], h0)
@@ -315,17 +334,8 @@ def _states_known_start(tab, j0, j1, xb, A, h_start):
     xb (B, E, nb, T, N) (overwritten); h_start (B, E, nb, N).
     Returns h, α_t·h_{t-1}, both (B, E, nb, T, N).
     """
-    bsz, e, nb, T, n = xb.shape
-    d, rel, decay, kexp, safe = tab.segment(j0, j1)
-    if safe:
-        ex = _exponentials(rel, A)
-        qb = xb.new_empty(bsz, e, nb, T + 1, n)
-        torch.mul(kexp, h_start, out=qb[..., 0, :])
-        torch.div(xb, ex, out=qb[..., 1:, :])
-        qb.cumsum_(3)                               # qb[t+1] = e^{cA} h_start + Σ_{s≤t} x_s / e_s
-        h = torch.mul(qb[..., 1:, :], ex, out=xb)   # h_t
-        ahp = ex.mul_(qb[..., :T, :])               # α_t h_{t-1} = e_t (e^{cA} h_start + Σ_{s<t} ...)
-        return h, ahp
+    d, _ = tab.segment(j0, j1)
+    T = d.shape[-1]
     ahp = _exponentials(d, A)                       # α_t, then α_t h_{t-1} in place
     prev = h_start
     for t in range(T):

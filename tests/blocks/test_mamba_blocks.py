@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 from nnunet_ext.blocks.mamba import (DIRECTIONS, MambaLayer, MambaMixer, SelectiveSSM, TriOrientedMamba,
                                      from_order, order_permutation, to_order)
+from nnunet_ext.ops import ENV_VAR, available_backends
 from nnunet_ext.ops.reference import selective_scan_sequential
+from tests.ops.precision import assert_f32_close, assert_f64_close
 
 ODD_SHAPES = [(3, 5, 7), (1, 1, 1), (2, 3, 1), (5, 1, 4), (7, 2, 3)]
 
@@ -187,3 +189,50 @@ def test_mamba_layer_builds_and_runs_on_meta():
         layer = MambaLayer(16)
         out = layer(torch.zeros(2, 16, 3, 5, 7))
     assert out.shape == (2, 16, 3, 5, 7) and out.device.type == "meta"
+
+
+# ---------------------------------------------------------------------------- back-ends agree, same weights
+#: name -> (module factory, input shape, tokens L per sequence); C = 8, E = 16, N = 4
+BLOCKS = {
+    "mixer": (lambda: MambaMixer(8, d_state=4), (2, 50, 8), 50),
+    "tom": (lambda: TriOrientedMamba(8, d_state=4), (2, 8, 3, 5, 7), 105),
+    "layer": (lambda: MambaLayer(8, d_state=4), (2, 8, 3, 5, 7), 105),
+}
+
+
+def _block_outputs_and_grads(name, backend, dtype, monkeypatch):
+    """Output and the gradient of the input and of every parameter under a fixed random loss, with
+    the scan back-end forced to ``backend`` and the block (fixed weights) cast to ``dtype``."""
+    factory, shape, _ = BLOCKS[name]
+    torch.manual_seed(3)
+    block = factory().to(dtype)
+    x = torch.randn(shape).to(dtype).requires_grad_()
+    weight = torch.randn(shape).to(dtype)
+    monkeypatch.setenv(ENV_VAR, backend)
+    out = block(x)
+    grads = torch.autograd.grad((out * weight).sum(), [x, *block.parameters()])
+    names = ["input", *(n for n, _ in block.named_parameters())]
+    return {"out": out, **{f"d{n}": g for n, g in zip(names, grads)}}
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_block_float64_torch_backend_equals_reference(name, monkeypatch):
+    ours = _block_outputs_and_grads(name, "torch", torch.float64, monkeypatch)
+    truth = _block_outputs_and_grads(name, "reference", torch.float64, monkeypatch)
+    assert ours.keys() == truth.keys()
+    for k in truth:
+        assert_f64_close(ours[k], truth[k], f"{name} {k}")
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("name", BLOCKS)
+def test_block_float32_backends_match_float64_truth(name, backend, monkeypatch):
+    """Every CPU back-end in float32 against the float64 block (the same float32 weights and input);
+    tolerance from float32 accumulation over B*L tokens plus the largest fan-in (E) and N."""
+    truth = _block_outputs_and_grads(name, "reference", torch.float64, monkeypatch)
+    ours = _block_outputs_and_grads(name, backend, torch.float32, monkeypatch)
+    _, shape, length = BLOCKS[name]
+    n_ops = shape[0] * length + 16 + 4
+    for k in truth:
+        assert ours[k].dtype == torch.float32, k
+        assert_f32_close(ours[k], truth[k], n_ops, f"{name} {backend} {k}")

@@ -6,15 +6,20 @@ import subprocess
 import sys
 import textwrap
 import types
+import warnings
+
+import re
 
 import pytest
 import torch
 
 from nnunet_ext.ops import (ENV_VAR, BackendUnavailableError, available_backends, backends, causal_conv1d,
                             resolve_backend, selective_scan)
+from nnunet_ext.ops.backends import SlowBackendWarning
 from nnunet_ext.ops.reference import selective_scan_sequential
 
 ss = importlib.import_module("nnunet_ext.ops.selective_scan")
+conv_module = importlib.import_module("nnunet_ext.ops.causal_conv1d")
 
 
 def small_inputs(length=6):
@@ -56,18 +61,36 @@ def broken_mamba(tmp_path, monkeypatch):
 
 def test_broken_mamba_ssm_does_not_break_and_auto_skips_cuda(broken_mamba):
     assert "cuda" not in available_backends("cuda")
-    assert resolve_backend(torch.device("cuda")) == "torch"
-    assert resolve_backend(torch.device("cuda"), op="conv") == "torch"
+    with pytest.warns(SlowBackendWarning, match="selective_scan_cuda"):
+        assert resolve_backend(torch.device("cuda")) == "torch"
+    with pytest.warns(SlowBackendWarning, match="causal_conv1d_cuda"):
+        assert resolve_backend(torch.device("cuda"), op="conv") == "torch"
     assert resolve_backend(torch.zeros(1)) in ("fused", "torch")
     y = selective_scan(**small_inputs())
     torch.testing.assert_close(y, selective_scan_sequential(**small_inputs()), rtol=1e-4, atol=1e-5)
 
 
 def test_forcing_cuda_without_kernels_names_the_fix(broken_mamba):
-    with pytest.raises(BackendUnavailableError, match=r'selective_scan_cuda.*pip install "nnunet-ext\[cuda\]"'):
+    # installed without its CUDA extension: the fix is a source build, not another `pip install`
+    with pytest.raises(BackendUnavailableError,
+                       match=r"selective_scan_cuda.*MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation"):
         resolve_backend(torch.device("cuda"), "cuda")
-    with pytest.raises(BackendUnavailableError, match="causal-conv1d"):
+    with pytest.raises(BackendUnavailableError, match="causal-conv1d.*CAUSAL_CONV1D_FORCE_BUILD=TRUE"):
         resolve_backend(torch.device("cuda"), "cuda", op="conv")
+
+
+@pytest.fixture
+def no_mamba(monkeypatch):
+    """mamba-ssm and causal-conv1d not installed: their imports raise ModuleNotFoundError."""
+    for name in [m for m in sys.modules if m.split(".")[0] in ("mamba_ssm", "causal_conv1d")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mamba_ssm", None)
+    monkeypatch.setitem(sys.modules, "causal_conv1d", None)
+
+
+def test_forcing_cuda_without_the_package_names_the_extra(no_mamba):
+    with pytest.raises(BackendUnavailableError, match=r'mamba-ssm is not installed.*pip install "nnunet-ext\[cuda\]"'):
+        resolve_backend(torch.device("cuda"), "cuda")
 
 
 def test_forcing_cuda_on_cpu_tensors_is_refused():
@@ -78,14 +101,125 @@ def test_forcing_cuda_on_cpu_tensors_is_refused():
 def test_import_in_fresh_interpreter_with_broken_mamba(broken_mamba):
     code = textwrap.dedent("""
         import torch, nnunet_ext.ops as ops
-        print(ops.resolve_backend(torch.device('cuda')), ops.resolve_backend(torch.zeros(1)))
+        for _ in range(3):
+            choices = [ops.resolve_backend(torch.device('cuda')), ops.resolve_backend(torch.zeros(1)),
+                       ops.resolve_backend(torch.device('cuda'), op='conv')]
+        print(*choices)
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(broken_mamba), *sys.path]))
     env.pop(ENV_VAR, None)
+    env.pop("PYTHONWARNINGS", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    cuda_choice, cpu_choice = out.stdout.split()
-    assert cuda_choice == "torch" and cpu_choice in ("fused", "torch")
+    cuda_choice, cpu_choice, conv_choice = out.stdout.split()
+    assert cuda_choice == conv_choice == "torch" and cpu_choice in ("fused", "torch")
+    # under the default warning filters: one message per op on stderr, whatever the number of calls
+    assert out.stderr.count("SlowBackendWarning") == 2 + (cpu_choice == "torch"), out.stderr
+    assert out.stderr.count("MAMBA_FORCE_BUILD=TRUE") == 1 and out.stderr.count("CAUSAL_CONV1D_FORCE_BUILD=TRUE") == 1
+
+
+# --------------------------------------------------------------------------- no silent slow path
+
+def _fake_cuda_packages(monkeypatch):
+    """mamba-ssm and causal-conv1d import fine (fakes that must not be called)."""
+    def never(*a, **k):
+        raise AssertionError("the CUDA kernel must not run")
+
+    scan_mod = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+    scan_mod.selective_scan_fn = never
+    conv_mod = types.ModuleType("causal_conv1d")
+    conv_mod.causal_conv1d_fn = never
+    monkeypatch.setitem(sys.modules, "mamba_ssm.ops.selective_scan_interface", scan_mod)
+    monkeypatch.setitem(sys.modules, "causal_conv1d", conv_mod)
+
+
+@pytest.fixture
+def kernel_fails_on_this_gpu(monkeypatch):
+    """The packages import, a GPU is visible, but the kernels fail their probe (a wheel built for
+    another GPU architecture)."""
+    _fake_cuda_packages(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def probe(op, fn, dev):
+        assert dev == torch.device("cuda", 0)
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(backends, "_run_cuda_probe", probe)
+
+
+FALLBACK_CASES = {
+    # fixture -> (what the scan warning must say: reason, fix), the same for the conv
+    "no_mamba": ((r"mamba-ssm is not installed", r'pip install "nnunet-ext\[cuda\]"'),
+                 (r"causal-conv1d is not installed", r'pip install "nnunet-ext\[cuda\]"')),
+    "broken_mamba": ((r"without a working CUDA extension.*selective_scan_cuda",
+                      r"MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation .*mamba-ssm"),
+                     (r"without a working CUDA extension.*causal_conv1d_cuda",
+                      r"CAUSAL_CONV1D_FORCE_BUILD=TRUE pip install --no-build-isolation .*causal-conv1d")),
+    "kernel_fails_on_this_gpu": ((r"mamba-ssm is installed but its kernel does not run on this GPU.*no kernel image",
+                                  r"MAMBA_FORCE_BUILD=TRUE"),
+                                 (r"causal-conv1d is installed but its kernel does not run on this GPU",
+                                  r"CAUSAL_CONV1D_FORCE_BUILD=TRUE")),
+}
+
+
+@pytest.mark.parametrize("case", list(FALLBACK_CASES))
+def test_auto_fallback_on_cuda_warns_once_per_op_with_reason_and_fix(request, case):
+    request.getfixturevalue(case)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # the once-per-process rule is ours, not the filter's
+        for _ in range(3):
+            assert resolve_backend(torch.device("cuda")) == "torch"
+            assert resolve_backend(torch.device("cuda", 0), op="conv") == "torch"
+    slow = [str(w.message) for w in seen if issubclass(w.category, SlowBackendWarning)]
+    assert len(slow) == 2, slow
+    for message, (reason, fix) in zip(slow, FALLBACK_CASES[case]):
+        assert re.search(reason, message) and re.search(f"Fix: .*{fix}", message), message
+        assert f"{ENV_VAR}=torch" in message
+
+
+def test_working_kernels_and_forced_backends_do_not_warn(monkeypatch, no_mamba):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowBackendWarning)
+        assert resolve_backend(torch.device("cuda"), "torch") == "torch"  # asked for: no message
+        monkeypatch.setenv(ENV_VAR, "torch")
+        assert resolve_backend(torch.device("cuda"), op="conv") == "torch"
+        monkeypatch.delenv(ENV_VAR)
+        assert resolve_backend(torch.empty(1, device="meta")) == "torch"
+        for name in ("mamba_ssm", "causal_conv1d"):
+            monkeypatch.delitem(sys.modules, name)
+        backends.clear_cache()
+        _fake_cuda_packages(monkeypatch)
+        assert resolve_backend(torch.device("cuda")) == "cuda"
+        assert resolve_backend(torch.device("cuda"), op="conv") == "cuda"
+
+
+def test_scan_and_conv_on_cuda_tensors_fall_back_with_one_message(monkeypatch, no_mamba):
+    """The whole call path on (pretend) CUDA tensors: the device test is the only thing faked."""
+    real = backends._device_type
+    monkeypatch.setattr(backends, "_device_type", lambda d: "cuda" if real(d) == "cpu" else real(d))
+    inputs = small_inputs()
+    x, w = torch.randn(1, 2, 5), torch.randn(2, 3)
+    with pytest.warns(SlowBackendWarning) as record:
+        y = selective_scan(**inputs)
+        y2 = selective_scan(**inputs)
+        c = causal_conv1d(x, w)
+        causal_conv1d(x, w)
+    assert [str(r.message).split(" on ")[0] for r in record] == ["nnunet-ext: the selective scan",
+                                                               "nnunet-ext: the causal conv1d"]
+    assert all("cuda tensors runs the slower 'torch' back-end" in str(r.message) for r in record)
+    torch.testing.assert_close(y, selective_scan_sequential(**inputs), rtol=1e-4, atol=1e-5)
+    assert torch.equal(y, y2)
+    torch.testing.assert_close(c, conv_module.causal_conv1d_torch(x, w))
+
+
+def test_cpu_fallback_from_the_fused_kernel_warns_once(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nnunet_ext.ops.scan_fused", None)
+    with pytest.warns(SlowBackendWarning, match=r"cpu tensors runs the slower 'torch' .*fused CPU kernel.*"
+                                                r"Fix: `pip install numba`") as record:
+        for _ in range(3):
+            assert resolve_backend(torch.zeros(1)) == "torch"
+    assert len(record) == 1
 
 
 def test_working_mamba_ssm_is_chosen_for_cuda_tensors(monkeypatch):
@@ -121,7 +255,8 @@ def test_without_fused_kernel_auto_is_torch_and_forcing_names_numba(monkeypatch,
         fake.fused_available = lambda: False
         monkeypatch.setitem(sys.modules, "nnunet_ext.ops.scan_fused", fake)
     assert available_backends("cpu") == ["torch", "reference"]
-    assert resolve_backend(torch.zeros(1)) == "torch"
+    with pytest.warns(SlowBackendWarning, match="fused CPU kernel"):
+        assert resolve_backend(torch.zeros(1)) == "torch"
     with pytest.raises(BackendUnavailableError, match="numba"):
         selective_scan(**small_inputs(), backend="fused")
 

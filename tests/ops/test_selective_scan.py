@@ -139,20 +139,13 @@ def test_torch_backend_other_block_sizes(block):
     close(y, selective_scan_sequential(**inputs, delta_softplus=True), f"block {block}")
 
 
-def test_torch_backend_every_block_takes_the_exact_loop(monkeypatch):
-    """EXP_BOUND tiny: no block is safe for the closed form, every segment runs the in-block loop."""
-    monkeypatch.setattr(ss, "EXP_BOUND", 1e-6)
-    check("torch", make_inputs(length=2 * T + 5, seed=9), delta_softplus=True, return_last_state=True)
-
-
-def test_torch_backend_closed_form_and_loop_segments_mixed(monkeypatch):
-    """Large Δ only in the second half: closed-form and loop segments hand the state to each other."""
+def test_torch_backend_fast_and_slow_forgetting_segments(monkeypatch):
+    """Large Δ only in the second half, one block per segment: segments whose states forget
+    within a token hand the state to slowly decaying ones and back."""
     monkeypatch.setattr(ss, "SEGMENT_ELEMS", 1)
     monkeypatch.setattr(ss, "MAX_SEGMENTS", 10_000)
     inputs = make_inputs(b=1, e=3, n=4, length=6 * T + 3, seed=10, delta_scale=0.2)
     inputs["delta"][..., 3 * T:] *= 50.0
-    tab = ss._BlockTable(inputs["delta"][..., :6 * T].reshape(1, 3, 6, T), inputs["A"])
-    assert tab.unsafe_blocks[:3] == [False] * 3 and all(tab.unsafe_blocks[3:])
     check("torch", inputs, delta_softplus=False, return_last_state=True)
 
 
@@ -178,6 +171,41 @@ def test_torch_backend_no_token_loop_or_quadratic_tensor(monkeypatch):
     inputs = make_inputs(b=1, e=2, n=4, length=40 * T)
     ss.selective_scan_torch(**inputs)
     assert sum(calls) == 40
+
+
+@pytest.mark.parametrize("segment_elems", [1, ss.SEGMENT_ELEMS], ids=["one-block-segments", "default"])
+def test_torch_backend_never_reads_values_back_to_the_host(monkeypatch, segment_elems):
+    """No .item() / .tolist() / bool(tensor) / data-dependent shape per call (each would stall a
+    GPU): under FakeTensorMode tensors have no values and any such step raises, yet forward and
+    backward of the torch back-end run through and give the right shapes and dtypes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setattr(ss, "SEGMENT_ELEMS", segment_elems)
+    monkeypatch.setattr(ss, "MAX_SEGMENTS", 10_000)
+    mode = FakeTensorMode()
+    real = make_inputs(length=3 * T + 5, seed=14)
+    fake = {k: mode.from_tensor(v).requires_grad_() for k, v in real.items()}
+    with mode:
+        y, last = selective_scan(**fake, delta_softplus=True, return_last_state=True, backend="torch")
+        grads = torch.autograd.grad((y * y).sum() + last.sum(), list(fake.values()))
+    assert type(y).__name__ == "FakeTensor"
+    assert y.shape == real["u"].shape and last.shape == (2, 3, 4) and y.dtype == last.dtype == torch.float32
+    assert [tuple(g.shape) for g in grads] == [tuple(v.shape) for v in real.values()]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torch_backend_no_device_sync_on_cuda():
+    inputs = {k: v.cuda().requires_grad_() for k, v in make_inputs(length=5 * T + 3, seed=15).items()}
+    y = selective_scan(**inputs, delta_softplus=True, backend="torch")  # warm-up (allocator, kernels)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = selective_scan(**inputs, delta_softplus=True, backend="torch")
+        torch.autograd.grad(y.square().sum(), list(inputs.values()))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ref = selective_scan_sequential(**{k: v.detach().cpu() for k, v in inputs.items()}, delta_softplus=True)
+    close(y.detach().cpu(), ref, "cuda y")
 
 
 # --------------------------------------------------------------------------- dtypes, autocast, devices

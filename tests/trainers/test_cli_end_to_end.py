@@ -32,12 +32,20 @@ def test_train_and_predict_with_stock_cli(tiny_dataset, trainer, tmp_path):
     if trainer in MAMBA_TRAINERS:  # the same checkpoint predicts with the PyTorch scan forced
         tiny_dataset.predict(short, tmp_path / "pred_torch", "0", "--save_probabilities",
                              env={"NNUNET_EXT_SCAN_BACKEND": "torch"})
-        for npz in sorted((tmp_path / "pred").glob("*.npz")):
+        npzs = sorted((tmp_path / "pred").glob("*.npz"))
+        assert npzs and [p.name for p in npzs] == sorted(p.name for p in (tmp_path / "pred_torch").glob("*.npz"))
+        for npz in npzs:
             auto, forced = np.load(npz)["probabilities"], np.load(tmp_path / "pred_torch" / npz.name)["probabilities"]
-            assert auto.shape == forced.shape and np.isfinite(forced).all()
-            # the ops agree to 1e-4 relative; through a network float32 rounding grows to ~1e-3
-            np.testing.assert_allclose(forced, auto, atol=5e-3, err_msg=npz.name)
-            assert (forced.argmax(0) == auto.argmax(0)).mean() > 0.999, npz.name
+            assert auto.shape == forced.shape, npz.name
+            assert np.isfinite(auto).all() and np.isfinite(forced).all(), npz.name
+            # Only the segmentation is promised here. The back-ends compute the same function (compared
+            # in float64 and with float32-derived tolerances in tests/ops/test_backend_equivalence.py
+            # and tests/blocks/test_mamba_blocks.py), but an untrained network amplifies their float32
+            # rounding differences by an unknown, input-dependent factor, so no tolerance on
+            # probabilities follows; and where two classes are nearly tied that rounding can flip the
+            # argmax. Such voxels are rare: at most 0.5 % may differ.
+            agree = (forced.argmax(0) == auto.argmax(0)).mean()
+            assert agree >= 0.995, f"{npz.name}: segmentations agree on {agree:.3%} of voxels only"
 
 
 def test_resume_with_c_continues_from_latest_checkpoint(tiny_dataset):
