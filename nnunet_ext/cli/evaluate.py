@@ -1,11 +1,15 @@
 """``nnunet-ext evaluate``: Dice, HD95 and NSD per case and class of a prediction folder.
 
-Writes the JSON (schema in :mod:`nnunet_ext.evaluation.folder`) and a CSV, each complete or not
-at all, and prints the per-class means as a markdown table.
+Writes the JSON (schema in :mod:`nnunet_ext.evaluation.folder`) and a CSV, both or neither, and
+prints the per-class means as a markdown table. The options are checked here, before anything is
+read; the scoring is :func:`nnunet_ext.evaluation.folder.evaluate_folders`.
 """
 
 import sys
 from pathlib import Path
+from typing import Iterable
+
+from nnunet_ext.cli import _checks
 
 
 def register(sub) -> None:
@@ -37,40 +41,56 @@ def register(sub) -> None:
 def _check_output(option: str, path: Path, example: str) -> None:
     """One clear line, before anything is computed, when ``path`` cannot become a file."""
     if path.is_dir():
-        raise SystemExit(f"nnunet-ext evaluate: {option} '{path}' is a folder; give a file name, "
-                         f"e.g. {option} {path / example}")
+        raise _checks.fail("evaluate", f"{option} '{path}' is a folder; give a file name, "
+                                       f"e.g. {option} {path / example}")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise SystemExit(f"nnunet-ext evaluate: {option} '{path}' cannot be written: '{parent}' is a file, "
-                         f"not a folder; choose another path")
+        raise _checks.fail("evaluate", f"{option} '{path}' cannot be written: '{parent}' is a file, "
+                                       f"not a folder; choose another path")
+
+
+def parse_labels(values: Iterable[str]) -> list[int]:
+    """``--labels`` values as positive ints (one line naming the bad value otherwise)."""
+    out = []
+    for v in values:
+        try:
+            i = int(v)
+        except ValueError:
+            raise _checks.fail("evaluate", f"--labels takes integer label values (e.g. --labels 1 2), "
+                                           f"got '{v}'") from None
+        if i <= 0:
+            raise _checks.fail("evaluate", f"--labels takes foreground labels (> 0), got {i}; "
+                                           f"background is not scored")
+        out.append(i)
+    return out
 
 
 def run(args) -> int:
-    from nnunet_ext.evaluation.folder import (EvaluationError, evaluate_folders, format_summary, parse_labels,
-                                              write_outputs)
+    from nnunet_ext.evaluation.cases import EvaluationError
+    from nnunet_ext.evaluation.folder import evaluate_folders
+    from nnunet_ext.evaluation.report import format_summary, write_outputs
 
     out = Path(args.out) if args.out else Path(args.pred) / "evaluation.json"
     csv_path = Path(args.csv) if args.csv else out.with_name(out.name.removesuffix(".json") + ".csv")
     _check_output("--out", out, "evaluation.json")
     _check_output("--csv", csv_path, "evaluation.csv")
     if out.resolve() == csv_path.resolve():
-        raise SystemExit(f"nnunet-ext evaluate: --out and --csv are the same file '{out}'; give --csv another name")
-    if args.num_processes is not None and args.num_processes < 1:
-        raise SystemExit(f"nnunet-ext evaluate: --num-processes must be >= 1, got {args.num_processes}")
+        raise _checks.fail("evaluate", f"--out and --csv are the same file '{out}'; give --csv another name")
+    _checks.at_least("evaluate", "--num-processes", args.num_processes, 1)
+    labels = parse_labels(args.labels) if args.labels else None
     try:
-        labels = parse_labels(args.labels) if args.labels else None
         result = evaluate_folders(args.gt, args.pred, labels=labels, tolerance_mm=args.tolerance,
                                   dataset_json=args.dataset_json, num_processes=args.num_processes,
                                   file_ending=args.file_ending, progress=not args.quiet)
     except EvaluationError as e:
-        raise SystemExit(f"nnunet-ext evaluate: {e}") from None
+        raise _checks.fail("evaluate", str(e)) from None
     try:
         write_outputs(result, out, csv_path)
     except OSError as e:
-        raise SystemExit(f"nnunet-ext evaluate: cannot write '{e.filename or out}' ({e.strerror or e}); "
-                         f"choose a writable --out / --csv") from None
+        raise _checks.fail("evaluate", f"cannot write '{e.filename or out}' ({e.strerror or e}); "
+                                       f"choose a writable --out / --csv") from None
     print(f"{len(result['cases'])} cases, NSD tolerance {result['tolerance_mm']:g} mm")
     print(format_summary(result))
     if result["ignored_predictions"]:

@@ -16,8 +16,7 @@ Recipe, per case (each case has its own random stream derived from ``(seed, case
   nearest-neighbour interpolation, sampled directly on an isotropic grid of ``spacing_mm``;
 * intensity: a smooth multiplicative bias field, a gamma change and Gaussian noise; the image stays
   brain-extracted (zero outside the brain), like the template it comes from;
-* the volume is cropped to the brain's bounding box plus a two-voxel margin (3 mm gives roughly
-  60 x 72 x 60 voxels).
+* the volume is cropped to the brain's bounding box plus a two-voxel margin.
 
 The result is written in nnU-Net raw format into ``raw_root/DatasetXXX_Name/`` with a held-out
 labelled test split (``imagesTs`` + ``labelsTs``; nnU-Net does not read ``labelsTs``, the demo uses
@@ -44,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from nnunet_ext.io import write_json
+
 #: Default nnU-Net dataset id of the demo dataset (chosen high to avoid clashing with users' ids).
 DEMO_DATASET_ID = 987
 #: Default dataset name; the folder is ``Dataset987_NNExtDemo``.
@@ -52,6 +53,10 @@ DEMO_DATASET_NAME = "NNExtDemo"
 DEMO_LABELS = {"background": 0, "grey_matter": 1, "white_matter": 2}
 #: Bump when the recipe changes so that old folders are not silently reused.
 GENERATOR_VERSION = 1
+#: Default voxel size in mm (isotropic): coarse, so that small cases train quickly on a CPU.
+DEMO_SPACING_MM = 4.0
+#: Voxel sizes in mm the recipe accepts: from the templates' own 1 mm to a coarse 10 mm.
+SPACING_RANGE_MM = (1.0, 10.0)
 
 #: Template files inside the installed nilearn package (``nilearn/datasets/data/``).
 TEMPLATE_FILES = {
@@ -127,7 +132,8 @@ def same_settings(record: dict[str, Any] | None, wanted: dict[str, Any]) -> bool
     return record is not None and all(record.get(k) == wanted[k] for k in SETTING_KEYS)
 
 
-def demo_settings(num_train: int = 12, num_test: int = 2, spacing_mm: float = 3.0, seed: int = 0) -> dict[str, Any]:
+def demo_settings(num_train: int = 12, num_test: int = 2, spacing_mm: float = DEMO_SPACING_MM,
+                  seed: int = 0) -> dict[str, Any]:
     """The generator record :func:`build_demo_dataset` writes for these arguments (after checking them)."""
     _validate(num_train, num_test, spacing_mm, seed)
     return _dataset_json(DEMO_DATASET_NAME, int(num_train), int(num_test), float(spacing_mm),
@@ -382,16 +388,18 @@ def _validate(num_train: Any, num_test: Any, spacing_mm: Any, seed: Any) -> None
         raise ValueError(f"num_test must be an integer >= 0, got {num_test!r}")
     if num_train + num_test > 1000:
         raise ValueError(f"at most 1000 cases (case_000..case_999), got {num_train + num_test}")
+    low, high = SPACING_RANGE_MM
     if isinstance(spacing_mm, bool) or not isinstance(spacing_mm, (int, float, np.floating, np.integer)) \
-            or not 1.0 <= float(spacing_mm) <= 10.0:
-        raise ValueError(f"spacing_mm must be a number from 1.0 to 10.0 (3.0 is the demo's default), got {spacing_mm!r}")
+            or not low <= float(spacing_mm) <= high:
+        raise ValueError(f"spacing_mm must be a number from {low:g} to {high:g} ({DEMO_SPACING_MM:g} is the "
+                         f"demo's default), got {spacing_mm!r}")
     if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
 
 
 def build_demo_dataset(raw_root: str | os.PathLike, dataset_id: int = DEMO_DATASET_ID,
                        name: str = DEMO_DATASET_NAME, num_train: int = 12, num_test: int = 2,
-                       spacing_mm: float = 3.0, seed: int = 0, progress: bool = True,
+                       spacing_mm: float = DEMO_SPACING_MM, seed: int = 0, progress: bool = True,
                        overwrite: bool = False) -> Path:
     """Write the demo dataset in nnU-Net raw format and return its folder ``raw_root/DatasetXXX_Name``.
 
@@ -453,8 +461,7 @@ def build_demo_dataset(raw_root: str | os.PathLike, dataset_id: int = DEMO_DATAS
             image, label, origin = make_demo_case(templates, spacing_mm, rng)
             _write_nifti(image, tmp / f"images{split}" / f"{case}{_IMAGE_SUFFIX}", spacing_mm, origin)
             _write_nifti(label, tmp / f"labels{split}" / f"{case}{_FILE_ENDING}", spacing_mm, origin)
-        (tmp / "dataset.json").write_text(json.dumps(_dataset_json(name, num_train, num_test, spacing_mm, seed),
-                                                      indent=2) + "\n")
+        write_json(_dataset_json(name, num_train, num_test, spacing_mm, seed), tmp / "dataset.json")
         if target.exists():  # overwrite=True: move the old one aside only now that the new one is complete
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=raw_root))
             os.replace(target, old / "dataset")

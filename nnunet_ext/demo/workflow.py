@@ -1,23 +1,24 @@
-"""``nnunet-ext demo``: the whole nnU-Net workflow on the embedded demo dataset, with stock commands.
+"""The demo's steps: the whole nnU-Net workflow on the demo dataset, with stock commands.
 
 Steps (each skipped when its output exists and was made from the same inputs, so re-running
 reuses the work):
-1. build the demo dataset (MNI152 template from the installed nilearn, see :mod:`nnunet_ext.data.demo`);
+1. build the demo dataset (MNI152 template from the installed nilearn, see :mod:`.dataset`);
 2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres``;
 3. ``nnUNetv2_train ... -tr <Trainer>_<E>epochs_<I>iters`` for each fold;
 4. with all five folds: ``nnUNetv2_find_best_configuration``;
 5. ``nnUNetv2_predict`` of the held-out test cases (ensemble of the trained folds), then with five
    folds ``nnUNetv2_apply_postprocessing`` with the postprocessing the previous step selected;
-6. evaluation against the held-out labels (Dice, HD95, NSD per class and case) and PNG overlays.
+6. evaluation against the held-out labels (Dice, HD95, NSD per class and case) and PNG overlays
+   (:mod:`.report`).
 
-Steps 3-6 run for each ``--trainer`` given; with several, a table compares them (test Dice, HD95,
-NSD, cross-validation Dice, and seconds per training iteration from the variants' timing).
+Steps 3-6 run for each trainer given; with several, a table compares them (test Dice, HD95, NSD,
+cross-validation Dice, and seconds per training iteration that the variants' step timing wrote).
 
 What is reused, and when:
 
-- the dataset, when its ``dataset.json`` records the requested settings (``--spacing``). Built with
+- the dataset, when its ``dataset.json`` records the requested settings (the spacing). Built with
   other settings, it is rebuilt in place: nnU-Net finds a dataset by its id, so one id holds one
-  dataset (``--dataset-id`` keeps another spacing beside it). Plans, preprocessed data and trained
+  dataset (another id keeps another spacing beside it). Plans, preprocessed data and trained
   models made from other data are removed, with a line saying so: nnU-Net copies ``dataset.json``
   into each of them, and one whose copy records other settings does not fit the data;
 - a trained fold, when its ``checkpoint_final.pth`` exists (the trainer name carries the budget);
@@ -25,6 +26,9 @@ What is reused, and when:
   stamp written beside them after ``nnUNetv2_predict`` names the same trainer, folds, checkpoints
   (size and modification time) and dataset settings. The metrics and overlays of a run are written
   beside its predictions.
+
+Every step prints what it runs or reuses; a step that cannot go on raises :class:`DemoError`, whose
+message names the cause and the fix.
 """
 
 from __future__ import annotations
@@ -39,39 +43,26 @@ import sys
 import time
 from pathlib import Path
 
-#: default trainer and budget, chosen by measurement on an idle 2-core CPU (demo patch 40x48x40,
-#: batch 2): MISSU trains at 1.1 s/iteration there (nnU-Net's U-Net 1.5 s, SegResMamba 2.2 s,
-#: UNETR++ ~3x and SegMamba ~27x nnU-Net's) and reaches test Dice 0.84 / 0.77 after 10 x 15 iterations, so the
-#: whole demo takes about 5 minutes.
+from nnunet_ext.demo import dataset as demo_data
+from nnunet_ext.demo.report import comparison_table, report_test_cases
+from nnunet_ext.io import write_json, write_text
+
+#: default trainer and budget: of the papers' networks, MISSU trains fastest per iteration on a CPU,
+#: and this budget is small enough for a CPU while it already learns the demo task
 DEFAULT_TRAINER = "MISSUTrainer"
 DEFAULT_EPOCHS = 10
 DEFAULT_ITERS = 15
-DEMO_SPACING_MM = 4.0
-#: written beside a run's test predictions: what they were made from (see _prediction_stamp)
+#: written beside a run's test predictions: what they were made from (see :func:`prediction_stamp`)
 PREDICTION_STAMP = "nnunet_ext_demo_predictions.json"
 
+#: lines of the stock commands' output echoed while they run (training progress, the variants'
+#: ``Train step`` lines, errors)
 _SHOW = re.compile(r"(Epoch \d+|Train step|train_loss|val_loss|Pseudo dice|Epoch time|Mean Validation Dice|"
                    r"Traceback|Error|error:)")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("demo", help="build the demo dataset, plan, train, predict and evaluate with stock nnU-Net")
-    p.add_argument("--trainer", nargs="+", default=[DEFAULT_TRAINER], metavar="TRAINER",
-                   help=f"trainer name(s) (default {DEFAULT_TRAINER}; see `nnunet-ext trainers`; nnUNetTrainer is "
-                   "stock nnU-Net); several are trained on the same data one after the other and compared in "
-                   "one table (Dice, HD95, NSD, seconds per training iteration)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"epochs per fold (default {DEFAULT_EPOCHS})")
-    p.add_argument("--iters", type=int, default=DEFAULT_ITERS,
-                   help=f"training iterations per epoch (default {DEFAULT_ITERS}; nnU-Net's is 250)")
-    p.add_argument("--folds", type=int, nargs="+", default=[0], help="folds to train (0 1 2 3 4 for the full workflow)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--spacing", type=float, default=DEMO_SPACING_MM,
-                   help="demo voxel size in mm, 1 to 10 (default 4); another spacing rebuilds the dataset and "
-                        "removes the plans, preprocessed data and models made from the old one")
-    p.add_argument("--dataset-id", type=int, default=None,
-                   help="nnU-Net dataset id of the demo dataset, 1 to 999 (default 987); one id holds one dataset, "
-                        "so give another id to keep a second spacing")
-    p.set_defaults(func=run)
+class DemoError(Exception):
+    """A demo step cannot go on; the message names the cause and the fix."""
 
 
 class Workflow:
@@ -91,8 +82,8 @@ class Workflow:
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise SystemExit(f"nnunet-ext demo: cannot create {var} '{path}' ({e.strerror or e}); "
-                                 f"set {var} to a writable folder") from None
+                raise DemoError(f"cannot create {var} '{path}' ({e.strerror or e}); set {var} to a writable "
+                                f"folder") from None
         # 2-core friendly defaults; a user's own settings win
         ncpu = os.cpu_count() or 2
         self.env.setdefault("nnUNet_n_proc_DA", str(max(1, min(ncpu - 1, 4))))
@@ -128,7 +119,7 @@ class Workflow:
                 if _SHOW.search(line):
                     print("    " + line.rstrip()[-160:], flush=True)
         if p.returncode:
-            raise SystemExit(f"nnunet-ext demo: `{' '.join(cmd)}` failed (exit {p.returncode}):\n{''.join(tail)}")
+            raise DemoError(f"`{' '.join(cmd)}` failed (exit {p.returncode}):\n{''.join(tail)}")
         dt = time.time() - t0
         print(f"    done in {dt:.0f} s", flush=True)
         return dt
@@ -143,53 +134,49 @@ def _check_writable_folder(var: str, path: Path, given: bool) -> None:
         existing = existing.parent
     if not existing.is_dir():
         where = "" if existing == path else f" ('{existing}' is a file)"
-        raise SystemExit(f"nnunet-ext demo: {var} '{path}' is not a folder{where}; {fix}")
+        raise DemoError(f"{var} '{path}' is not a folder{where}; {fix}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise SystemExit(f"nnunet-ext demo: {var} '{path}' is not writable ('{existing}' is read-only for this "
-                         f"user); {fix}")
+        raise DemoError(f"{var} '{path}' is not writable ('{existing}' is read-only for this user); {fix}")
 
 
-def _check_arguments(args) -> None:
-    """Every argument check that needs no import: one line naming the option, before anything runs."""
-    from nnunet_ext.cli import _checks
+def check_trainer(name: str) -> None:
+    """A base trainer name (the demo picks the short-run variant) that nnU-Net's trainer search finds."""
+    import contextlib
+    import io
 
-    _checks.at_least("demo", "--epochs", args.epochs, 1, " (epochs per fold)")
-    _checks.at_least("demo", "--iters", args.iters, 1, " (training iterations per epoch)")
-    _checks.finite_range("demo", "--spacing", args.spacing, 1.0, 10.0, f" mm (default {DEMO_SPACING_MM:g})")
-    if args.dataset_id is not None and not 1 <= args.dataset_id <= 999:
-        raise _checks.fail("demo", f"--dataset-id must be from 1 to 999 (nnU-Net's DatasetXXX), got {args.dataset_id}")
-    if sorted(set(args.folds)) != sorted(args.folds) or not all(0 <= f <= 4 for f in args.folds):
-        raise SystemExit("nnunet-ext demo: --folds takes distinct folds from 0 1 2 3 4")
-    if len(set(args.trainer)) != len(args.trainer):
-        raise SystemExit("nnunet-ext demo: --trainer names a trainer twice")
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-
-def run(args) -> int:
-    _check_arguments(args)
-    import torch
-
-    from nnunet_ext.data import demo as demo_data
     from nnunet_ext.trainers.variants import parse_variant
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("nnunet-ext demo: --device cuda but torch sees no CUDA device; use --device cpu")
-    if any(parse_variant(t) for t in args.trainer):
-        raise SystemExit("nnunet-ext demo: give the base trainer name (e.g. UNETRPPTrainer); "
-                         "the demo picks the short-run variant from --epochs/--iters")
-    for t in args.trainer:
-        _check_trainer(t)
+    if parse_variant(name):
+        raise DemoError("give the base trainer name (e.g. UNETRPPTrainer); "
+                        "the demo picks the short-run variant from --epochs/--iters")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            recursive_find_trainer_class_by_name(name)
+    except RuntimeError:
+        from nnunet_ext.architectures import available_architectures, get_architecture
 
-    dataset_id = demo_data.DEMO_DATASET_ID if args.dataset_id is None else args.dataset_id
-    name = demo_data.demo_dataset_path("", dataset_id).name
-    wf = Workflow(dataset_id, name, device)
+        known = ", ".join(get_architecture(a).trainer for a in available_architectures())
+        raise DemoError(f"unknown trainer '{name}'; ours: {known} (or stock nnUNetTrainer)") from None
+
+
+def run_demo(trainers: list[str], epochs: int, iters: int, folds: list[int], device: str,
+             spacing_mm: float = demo_data.DEMO_SPACING_MM, dataset_id: int = demo_data.DEMO_DATASET_ID) -> list[dict]:
+    """Steps 1-6 for each of ``trainers`` (base names) on the same data; returns the comparison rows.
+
+    Paths follow nnU-Net's variables, else ``./nnunet_ext_demo/{raw,preprocessed,results}``.
+    """
+    for t in trainers:
+        check_trainer(t)
+    wf = Workflow(dataset_id, demo_data.demo_dataset_path("", dataset_id).name, device)
     t_start = time.time()
-    print(f"nnunet-ext demo: {', '.join(args.trainer)} ({args.epochs} epochs x {args.iters} iterations, folds "
-          f"{' '.join(map(str, args.folds))}) on {device}\n  nnUNet_raw={wf.env['nnUNet_raw']}\n"
+    print(f"nnunet-ext demo: {', '.join(trainers)} ({epochs} epochs x {iters} iterations, folds "
+          f"{' '.join(map(str, folds))}) on {device}\n  nnUNet_raw={wf.env['nnUNet_raw']}\n"
           f"  nnUNet_preprocessed={wf.env['nnUNet_preprocessed']}\n  nnUNet_results={wf.env['nnUNet_results']}")
 
     # 1. data (rebuilt when its settings differ; what was made from other data is removed)
-    raw_dir = _prepare_dataset(wf, args.spacing)
+    raw_dir = prepare_dataset(wf, spacing_mm)
 
     # 2. plan + preprocess (--clean: a fingerprint left by an interrupted run may be of other data)
     if not _preprocessed_complete(wf, raw_dir):
@@ -199,155 +186,36 @@ def run(args) -> int:
         print(f"\n==> reusing plans and preprocessed data in {wf.preprocessed}")
 
     # 3.-6. per trainer, on the same data
-    rows = [_run_trainer(wf, base, args, raw_dir) for base in args.trainer]
+    rows = [run_trainer(wf, base, epochs, iters, folds, raw_dir) for base in trainers]
     if len(rows) > 1:
-        table = _comparison_table(rows)
+        table = comparison_table(rows)
         print("\n==> Side by side (same data, plans, epochs and iterations; s/iteration: median of nnU-Net's "
               f"train_step after the first epoch, on {device})\n    " + table.replace("\n", "\n    "))
-        from nnunet_ext.evaluation.folder import write_json
-
-        wf.out.mkdir(parents=True, exist_ok=True)
-        stem = f"comparison_{'-'.join(args.trainer)}_{args.epochs}x{args.iters}_{_folds_tag(args.folds)}"
-        (wf.out / f"{stem}.md").write_text(table + "\n")
-        write_json(rows, wf.out / f"{stem}.json")
-        print(f"    written to {wf.out / stem}.md and .json")
+        stem = wf.out / f"comparison_{'-'.join(trainers)}_{epochs}x{iters}_{folds_tag(folds)}"
+        write_text(table + "\n", f"{stem}.md")
+        write_json(rows, f"{stem}.json")
+        print(f"    written to {stem}.md and .json")
     print(f"\nTotal wall time {time.time() - t_start:.0f} s.")
-    return 0
+    return rows
 
 
-def _run_trainer(wf: Workflow, base: str, args, raw_dir: Path) -> dict:
-    """Train ``base``'s short-run variant on the requested folds, pick the configuration (five folds),
-    predict and evaluate the held-out cases; returns the row of the comparison table."""
-    from nnunet_ext.trainers.variants import read_step_times, variant_name
-
-    trainer = variant_name(base, args.epochs, args.iters)
-    out_dir = wf.out / trainer
-    folds_dir = wf.results(trainer)
-    print(f"\n######## {trainer}")
-
-    # 3. train
-    wall_file = out_dir / "training_wall_seconds.json"
-    wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
-    for fold in args.folds:
-        if (folds_dir / f"fold_{fold}" / "checkpoint_final.pth").is_file():
-            print(f"\n==> fold {fold}: reusing the trained model in {folds_dir / f'fold_{fold}'}")
-            continue
-        wall[str(fold)] = wf.run(f"training fold {fold}", ["nnUNetv2_train", str(wf.dataset_id), "3d_fullres",
-                                                           str(fold), "-tr", trainer, "-device", wf.device])
-        out_dir.mkdir(parents=True, exist_ok=True)
-        wall_file.write_text(json.dumps(wall, indent=1) + "\n")
-    val_dice = {f: _validation_dice(folds_dir / f"fold_{f}") for f in args.folds}
-    print("\n==> cross-validation Dice (nnU-Net's validation of each fold): "
-          + ", ".join(f"fold {f} {d:.3f}" for f, d in val_dice.items()))
-
-    # 4. five folds: nnU-Net's model selection (cross-validation Dice, postprocessing)
-    best = None
-    if sorted(args.folds) == [0, 1, 2, 3, 4]:
-        wf.run("find best configuration", ["nnUNetv2_find_best_configuration", str(wf.dataset_id), "-c", "3d_fullres",
-                                           "-tr", trainer, "-f", "0", "1", "2", "3", "4",
-                                           "-np", wf.env["nnUNet_def_n_proc"]])
-        info = json.loads((folds_dir.parent / "inference_information.json").read_text())["best_model_or_ensemble"]
-        best = {"models": [f"{m['trainer']}__{m['plans_identifier']}__{m['configuration']}"
-                           for m in info["selected_model_or_models"]],
-                "crossval_dice": info["result_on_crossval_pre_pp"],
-                "crossval_dice_postprocessed": info["result_on_crossval_post_pp"],
-                "postprocessing_file": info["postprocessing_file"], "plans_file": info["some_plans_file"]}
-        print(f"    best: {', '.join(best['models'])}; cross-validation Dice {best['crossval_dice']:.4f} "
-              f"({best['crossval_dice_postprocessed']:.4f} with its postprocessing)")
-
-    # 5. predict the held-out cases: one folder per set of folds, reused only when its stamp matches
-    run_dir = out_dir / _folds_tag(args.folds)
-    pred_dir = run_dir / "test_predictions"
-    checkpoints = {f: folds_dir / f"fold_{f}" / "checkpoint_final.pth" for f in args.folds}
-    stamp = _prediction_stamp(trainer, checkpoints, raw_dir)
-    if _predictions_reusable(pred_dir, stamp):
-        print(f"\n==> reusing the test predictions in {pred_dir} (folds {' '.join(map(str, sorted(args.folds)))})")
-    else:
-        shutil.rmtree(pred_dir, ignore_errors=True)  # stale or partial: never mixed with the new ones
-        wf.run("predicting the held-out test cases", [
-            "nnUNetv2_predict", "-i", str(raw_dir / "imagesTs"), "-o", str(pred_dir), "-d", str(wf.dataset_id),
-            "-c", "3d_fullres", "-tr", trainer, "-f", *map(str, args.folds), "-device", wf.device,
-            "-npp", "1", "-nps", "1"])
-        (pred_dir / PREDICTION_STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
-    if best is not None:  # what nnU-Net's inference_instructions.txt says to run next
-        pp_dir = run_dir / "test_predictions_postprocessed"
-        shutil.rmtree(pp_dir, ignore_errors=True)
-        wf.run("applying the selected postprocessing", [
-            "nnUNetv2_apply_postprocessing", "-i", str(pred_dir), "-o", str(pp_dir), "-pp_pkl_file",
-            best["postprocessing_file"], "-np", "1", "-plans_json", best["plans_file"]])
-        pred_dir = pp_dir
-
-    # 6. evaluate
-    res = _report(raw_dir, pred_dir, run_dir)
-    print(f"    models: {folds_dir}\n    predictions: {pred_dir}")
-    steps = [read_step_times(folds_dir / f"fold_{f}") for f in args.folds]
-    steps = [s["median_s_per_iteration"] for s in steps if s]
-    return {"trainer": trainer, "folds": list(args.folds),
-            "s_per_iteration": statistics.median(steps) if steps else None,
-            "training_wall_s": sum(wall[str(f)] for f in args.folds) if all(str(f) in wall for f in args.folds)
-            else None,
-            "validation_dice": {str(f): d for f, d in val_dice.items()}, "best_configuration": best,
-            "test_dice": {res["labels"][k]: m["dice"] for k, m in res["mean"].items()},
-            "test_overall": res["overall"]}
-
-
-def _validation_dice(fold_dir: Path) -> float:
-    """Foreground-mean Dice of nnU-Net's validation of one fold (``validation/summary.json``)."""
-    return json.loads((fold_dir / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
-
-
-def _folds_tag(folds) -> str:
-    """The name of a run's folder: ``folds_0``, ``folds_0_1_2_3_4``."""
-    return "folds_" + "_".join(map(str, sorted(folds)))
-
-
-def _file_identity(path: Path) -> dict:
-    st = path.stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _prediction_stamp(trainer: str, checkpoints: dict[int, Path], raw_dir: Path) -> dict:
-    """What a run's test predictions were made from: trainer (with its budget), folds and the
-    identity of each fold's checkpoint, the test cases, and the dataset's settings."""
-    from nnunet_ext.data.demo import demo_record
-
-    return {"trainer": trainer, "folds": sorted(checkpoints),
-            "checkpoints": {str(f): _file_identity(c) for f, c in sorted(checkpoints.items())},
-            "test_cases": _cases(raw_dir / "imagesTs"), "dataset": demo_record(raw_dir)}
-
-
-def _cases(images: Path) -> list[str]:
-    return sorted(p.name[:-len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
-
-
-def _predictions_reusable(pred_dir: Path, stamp: dict) -> bool:
-    """Whether ``pred_dir`` holds every test case's prediction and a stamp equal to ``stamp``."""
-    try:
-        old = json.loads((pred_dir / PREDICTION_STAMP).read_text())
-    except (OSError, ValueError):
-        return False
-    return old == stamp and bool(stamp["test_cases"]) and all(
-        (pred_dir / f"{c}.nii.gz").is_file() for c in stamp["test_cases"])
-
-
-def _prepare_dataset(wf: Workflow, spacing_mm: float) -> Path:
+# ---------------------------------------------------------------------------------- steps 1-2: data
+def prepare_dataset(wf: Workflow, spacing_mm: float) -> Path:
     """The raw demo dataset at ``spacing_mm``: reused when its dataset.json records these settings,
     else built (in place of one with other settings); then :func:`_remove_stale`."""
-    from nnunet_ext.data import demo as demo_data
-
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         root = Path(wf.env[var])
         clash = sorted(p.name for p in root.glob(f"Dataset{wf.dataset_id:03d}_*")
                        if p.is_dir() and p.name != wf.dataset_name)
         if clash:
-            raise SystemExit(f"nnunet-ext demo: dataset id {wf.dataset_id} is already used by {clash[0]} in {var} "
-                             f"'{root}' (nnU-Net finds datasets by id); pass another --dataset-id")
+            raise DemoError(f"dataset id {wf.dataset_id} is already used by {clash[0]} in {var} '{root}' "
+                            f"(nnU-Net finds datasets by id); pass another --dataset-id")
     wanted = demo_data.demo_settings(spacing_mm=spacing_mm)
     target = wf.raw / wf.dataset_name
     record = demo_data.demo_record(target)
     if target.exists() and record is None:
-        raise SystemExit(f"nnunet-ext demo: '{target}' exists but is not a demo dataset (its dataset.json has no "
-                         f"nnunet-ext demo record); move it away or pass another --dataset-id")
+        raise DemoError(f"'{target}' exists but is not a demo dataset (its dataset.json has no nnunet-ext demo "
+                        f"record); move it away or pass another --dataset-id")
     rebuild = False
     if record is None:
         print("\n==> building the demo dataset from the MNI152 templates in nilearn")
@@ -367,13 +235,11 @@ def _prepare_dataset(wf: Workflow, spacing_mm: float) -> Path:
 
 def _describe(record: dict | None, wanted: dict) -> str:
     """How a generator record differs from the wanted settings, e.g. ``at 8 mm``."""
-    from nnunet_ext.data.demo import SETTING_KEYS
-
     if record is None:
         return "from data that is not a demo dataset"
     if record.get("spacing_mm") != wanted["spacing_mm"] and isinstance(record.get("spacing_mm"), (int, float)):
         return f"at {record['spacing_mm']:g} mm"
-    return "with other settings (" + ", ".join(f"{k} {record.get(k)}" for k in SETTING_KEYS
+    return "with other settings (" + ", ".join(f"{k} {record.get(k)}" for k in demo_data.SETTING_KEYS
                                                 if record.get(k) != wanted[k]) + ")"
 
 
@@ -381,22 +247,20 @@ def _remove_stale(wf: Workflow, wanted: dict) -> None:
     """Remove the dataset's plans and preprocessed data and its results folder (trained models, the
     demo's outputs) when any of them was made from a demo dataset with other settings: nnU-Net copies
     dataset.json into the preprocessed folder and every model folder, so their records tell."""
-    from nnunet_ext.data.demo import demo_record, same_settings
-
     made = [f for f in (wf.preprocessed, *sorted(wf.results_root.glob("*__*__*")))
             if (f / "dataset.json").is_file()]
-    stale = next((f for f in made if not same_settings(demo_record(f), wanted)), None)
+    stale = next((f for f in made if not demo_data.same_settings(demo_data.demo_record(f), wanted)), None)
     if stale is None:
         return
     doomed = [f for f in (wf.results_root, wf.preprocessed) if f.exists()]
     print(f"\n==> removing {' and '.join(map(str, doomed))}: made from the demo dataset "
-          f"{_describe(demo_record(stale), wanted)}, they do not fit the {wanted['spacing_mm']:g} mm data "
+          f"{_describe(demo_data.demo_record(stale), wanted)}, they do not fit the {wanted['spacing_mm']:g} mm data "
           f"(give each spacing its own --dataset-id to keep both)")
     for f in doomed:
         try:
             shutil.rmtree(f)
         except OSError as e:
-            raise SystemExit(f"nnunet-ext demo: cannot remove '{f}' ({e.strerror or e}); remove it by hand") from None
+            raise DemoError(f"cannot remove '{f}' ({e.strerror or e}); remove it by hand") from None
 
 
 def _preprocessed_complete(wf: Workflow, raw_dir: Path) -> bool:
@@ -409,63 +273,119 @@ def _preprocessed_complete(wf: Workflow, raw_dir: Path) -> bool:
     return bool(cases) and all((data / f"{c}.pkl").is_file() for c in cases)
 
 
-def _comparison_table(rows: list[dict]) -> str:
-    """Markdown: one row per trainer; s/iteration also as a ratio to stock nnUNetTrainer's when present."""
-    from nnunet_ext.evaluation.folder import format_number as num
-
-    ref = next((r["s_per_iteration"] for r in rows if r["trainer"].startswith("nnUNetTrainer_")), None)
-    classes = list(rows[0]["test_dice"])
-    head = (["trainer", "s/iteration", "× nnU-Net", "training wall s", "validation Dice (folds)"]
-            + [f"test Dice {c}" for c in classes] + ["test Dice mean", "HD95 mm", "NSD@1mm"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        s, o = r["s_per_iteration"], r["test_overall"]
-        ratio = s / ref if s is not None and ref else None
-        vals = [r["trainer"], num(s, 2), num(ratio, 2), num(r["training_wall_s"], 0),
-                " / ".join(num(d, 3) for d in r["validation_dice"].values())]
-        vals += [num(r["test_dice"][c], 3) for c in classes] + [num(o["dice"], 3), num(o["hd95"], 2), num(o["nsd"], 3)]
-        lines.append("| " + " | ".join(vals) + " |")
-    return "\n".join(lines)
+def _cases(images: Path) -> list[str]:
+    return sorted(p.name[:-len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
 
 
-def _check_trainer(name: str) -> None:
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    import contextlib
-    import io
+# ---------------------------------------------------------------------------------- steps 3-6: per trainer
+def run_trainer(wf: Workflow, base: str, epochs: int, iters: int, folds: list[int], raw_dir: Path) -> dict:
+    """Train ``base``'s short-run variant on ``folds``, pick the configuration (five folds), predict
+    and evaluate the held-out cases; returns the row of the comparison table."""
+    from nnunet_ext.trainers.timing import read_step_times
+    from nnunet_ext.trainers.variants import variant_name
 
+    trainer = variant_name(base, epochs, iters)
+    out_dir = wf.out / trainer
+    folds_dir = wf.results(trainer)
+    print(f"\n######## {trainer}")
+
+    # 3. train
+    wall_file = out_dir / "training_wall_seconds.json"
+    wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
+    for fold in folds:
+        if (folds_dir / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+            print(f"\n==> fold {fold}: reusing the trained model in {folds_dir / f'fold_{fold}'}")
+            continue
+        wall[str(fold)] = wf.run(f"training fold {fold}", ["nnUNetv2_train", str(wf.dataset_id), "3d_fullres",
+                                                           str(fold), "-tr", trainer, "-device", wf.device])
+        write_json(wall, wall_file)
+    val_dice = {f: _validation_dice(folds_dir / f"fold_{f}") for f in folds}
+    print("\n==> cross-validation Dice (nnU-Net's validation of each fold): "
+          + ", ".join(f"fold {f} {d:.3f}" for f, d in val_dice.items()))
+
+    # 4. five folds: nnU-Net's model selection (cross-validation Dice, postprocessing)
+    best = _find_best_configuration(wf, trainer, folds_dir) if sorted(folds) == [0, 1, 2, 3, 4] else None
+
+    # 5. predict the held-out cases: one folder per set of folds, reused only when its stamp matches
+    run_dir = out_dir / folds_tag(folds)
+    pred_dir = run_dir / "test_predictions"
+    checkpoints = {f: folds_dir / f"fold_{f}" / "checkpoint_final.pth" for f in folds}
+    stamp = prediction_stamp(trainer, checkpoints, raw_dir)
+    if _predictions_reusable(pred_dir, stamp):
+        print(f"\n==> reusing the test predictions in {pred_dir} (folds {' '.join(map(str, sorted(folds)))})")
+    else:
+        shutil.rmtree(pred_dir, ignore_errors=True)  # stale or partial: never mixed with the new ones
+        wf.run("predicting the held-out test cases", [
+            "nnUNetv2_predict", "-i", str(raw_dir / "imagesTs"), "-o", str(pred_dir), "-d", str(wf.dataset_id),
+            "-c", "3d_fullres", "-tr", trainer, "-f", *map(str, folds), "-device", wf.device,
+            "-npp", "1", "-nps", "1"])
+        write_json(stamp, pred_dir / PREDICTION_STAMP)
+    if best is not None:  # what nnU-Net's inference_instructions.txt says to run next
+        pp_dir = run_dir / "test_predictions_postprocessed"
+        shutil.rmtree(pp_dir, ignore_errors=True)
+        wf.run("applying the selected postprocessing", [
+            "nnUNetv2_apply_postprocessing", "-i", str(pred_dir), "-o", str(pp_dir), "-pp_pkl_file",
+            best["postprocessing_file"], "-np", "1", "-plans_json", best["plans_file"]])
+        pred_dir = pp_dir
+
+    # 6. evaluate
+    res = report_test_cases(raw_dir, pred_dir, run_dir)
+    print(f"    models: {folds_dir}\n    predictions: {pred_dir}")
+    steps = [read_step_times(folds_dir / f"fold_{f}") for f in folds]
+    steps = [s["median_s_per_iteration"] for s in steps if s]
+    return {"trainer": trainer, "folds": list(folds),
+            "s_per_iteration": statistics.median(steps) if steps else None,
+            "training_wall_s": sum(wall[str(f)] for f in folds) if all(str(f) in wall for f in folds) else None,
+            "validation_dice": {str(f): d for f, d in val_dice.items()}, "best_configuration": best,
+            "test_dice": {res["labels"][k]: m["dice"] for k, m in res["mean"].items()},
+            "test_overall": res["overall"]}
+
+
+def _validation_dice(fold_dir: Path) -> float:
+    """Foreground-mean Dice of nnU-Net's validation of one fold (``validation/summary.json``)."""
+    return json.loads((fold_dir / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
+
+
+def _find_best_configuration(wf: Workflow, trainer: str, folds_dir: Path) -> dict:
+    """``nnUNetv2_find_best_configuration`` of the five folds: the selected models, their
+    cross-validation Dice and the postprocessing to apply."""
+    wf.run("find best configuration", ["nnUNetv2_find_best_configuration", str(wf.dataset_id), "-c", "3d_fullres",
+                                       "-tr", trainer, "-f", "0", "1", "2", "3", "4",
+                                       "-np", wf.env["nnUNet_def_n_proc"]])
+    info = json.loads((folds_dir.parent / "inference_information.json").read_text())["best_model_or_ensemble"]
+    best = {"models": [f"{m['trainer']}__{m['plans_identifier']}__{m['configuration']}"
+                       for m in info["selected_model_or_models"]],
+            "crossval_dice": info["result_on_crossval_pre_pp"],
+            "crossval_dice_postprocessed": info["result_on_crossval_post_pp"],
+            "postprocessing_file": info["postprocessing_file"], "plans_file": info["some_plans_file"]}
+    print(f"    best: {', '.join(best['models'])}; cross-validation Dice {best['crossval_dice']:.4f} "
+          f"({best['crossval_dice_postprocessed']:.4f} with its postprocessing)")
+    return best
+
+
+def folds_tag(folds) -> str:
+    """The name of a run's folder: ``folds_0``, ``folds_0_1_2_3_4``."""
+    return "folds_" + "_".join(map(str, sorted(folds)))
+
+
+def _file_identity(path: Path) -> dict:
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def prediction_stamp(trainer: str, checkpoints: dict[int, Path], raw_dir: Path) -> dict:
+    """What a run's test predictions were made from: trainer (with its budget), folds and the
+    identity of each fold's checkpoint, the test cases, and the dataset's settings."""
+    return {"trainer": trainer, "folds": sorted(checkpoints),
+            "checkpoints": {str(f): _file_identity(c) for f, c in sorted(checkpoints.items())},
+            "test_cases": _cases(raw_dir / "imagesTs"), "dataset": demo_data.demo_record(raw_dir)}
+
+
+def _predictions_reusable(pred_dir: Path, stamp: dict) -> bool:
+    """Whether ``pred_dir`` holds every test case's prediction and a stamp equal to ``stamp``."""
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            recursive_find_trainer_class_by_name(name)
-    except RuntimeError:
-        from nnunet_ext.architectures import available_architectures, get_architecture
-
-        known = ", ".join(get_architecture(a).trainer for a in available_architectures())
-        raise SystemExit(f"nnunet-ext demo: unknown trainer '{name}'; ours: {known} (or stock nnUNetTrainer)") from None
-
-
-def _report(raw_dir: Path, pred_dir: Path, out_dir: Path, overlays: bool = True) -> dict:
-    """Dice / HD95 / NSD per class per case and means (printed, and written as JSON and CSV), and a
-    PNG overlay per test case."""
-    from nnunet_ext.evaluation.folder import evaluate_folders, format_summary, write_outputs
-    from nnunet_ext.evaluation.overlay import save_overlay
-
-    res = evaluate_folders(raw_dir / "labelsTs", pred_dir, dataset_json=raw_dir / "dataset.json",
-                           num_processes=1, progress=False)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_outputs(res, out_dir / "test_metrics.json", out_dir / "test_metrics.csv")
-    keys = list(res["labels"])
-    print("\n==> Held-out test cases (Dice per class)")
-    print("    " + "case".ljust(14) + "".join(f"{res['labels'][k]:>16}" for k in keys))
-    for case in res["cases"]:
-        print("    " + case["case"].ljust(14) + "".join(f"{case['metrics'][k]['dice']:>16.3f}" for k in keys))
-    print("    " + "mean".ljust(14) + "".join(f"{res['mean'][k]['dice']:>16.3f}" for k in keys)
-          + f"   (mean over classes {res['overall']['dice']:.3f})\n")
-    print("    " + format_summary(res).replace("\n", "\n    "))
-    if overlays:
-        for case in res["cases"]:
-            png = save_overlay(raw_dir / "imagesTs" / f"{case['case']}_0000.nii.gz", case["reference_file"],
-                               case["prediction_file"], out_dir / "overlays" / f"{case['case']}.png",
-                               title=f"{case['case']}: image | reference | prediction")
-        print(f"    overlays: {png.parent}")
-    print(f"    metrics: {out_dir / 'test_metrics.json'} and .csv")
-    return res
+        old = json.loads((pred_dir / PREDICTION_STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    return old == stamp and bool(stamp["test_cases"]) and all(
+        (pred_dir / f"{c}.nii.gz").is_file() for c in stamp["test_cases"])

@@ -1,8 +1,17 @@
-"""Evaluation and benchmarking (imports architectures at most; never trainers or the CLI).
+"""Evaluation of segmentations, and benchmarking of the networks.
+
+Scoring imports nothing of ours but :mod:`nnunet_ext.io` (and never trainers, the demo or the CLI):
 
 - :mod:`.metrics`: Dice / HD95 / NSD of one case, with the empty-mask conventions.
-- :mod:`.folder`: a prediction folder against a reference folder; JSON and CSV output.
-- :mod:`.benchmark`: every registered network next to nnU-Net's default U-Net on one plan.
+- :mod:`.cases`: references and predictions paired by file name, each pair's grid checked.
+- :mod:`.labels`: which classes are scored and which labels a label map may hold.
+- :mod:`.folder`: a prediction folder against a reference folder, case by case in a worker pool;
+  the result's schema.
+- :mod:`.report`: the result as JSON and CSV files and as a markdown table.
+- :mod:`.overlay`: PNG mid-slices of image, reference and prediction.
+
+:mod:`.benchmark` measures every registered network next to nnU-Net's default U-Net on one plan
+(it builds networks, so it imports :mod:`nnunet_ext.architectures`).
 
 Nothing is imported here, so ``import nnunet_ext.evaluation`` stays cheap.
 """

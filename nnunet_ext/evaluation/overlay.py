@@ -1,4 +1,5 @@
-"""PNG overlays of a case: three orthogonal mid-slices of image, reference and prediction."""
+"""PNG overlays of a case: three orthogonal mid-slices of image, reference and prediction
+(written complete or not at all, through :mod:`nnunet_ext.io`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from nnunet_ext.io import write_file
 
 
 def _read(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -52,10 +55,8 @@ def save_overlay(image: str | os.PathLike, reference: str | os.PathLike, predict
                 ax.set_ylabel(name)
     fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    try:
+        write_file(out_png, lambda f: fig.savefig(f, format="png", dpi=80), binary=True)
+    finally:
+        plt.close(fig)
+    return Path(out_png)

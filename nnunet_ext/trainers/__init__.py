@@ -2,7 +2,8 @@
 ``nnUNet_extTrainer`` hook installed with the package).
 
 Short-run variants such as ``UNETRPPTrainer_5epochs`` or ``SmallUNetTrainer_1epoch_4iters``
-(also for stock ``nnUNetTrainer``) are created on first access; see :mod:`.variants`.
+(also for stock ``nnUNetTrainer``) are created on first access; see :mod:`.variants`. They time
+their train steps with :class:`~.timing.StepTimingMixin`, which any trainer can mix in.
 """
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer

@@ -1,4 +1,4 @@
-"""The embedded demo dataset (nnunet_ext.data.demo): determinism, labels, geometry, nnU-Net's integrity
+"""The embedded demo dataset (nnunet_ext.demo.dataset): determinism, labels, geometry, nnU-Net's integrity
 check, reuse, and never leaving a half-written dataset. Small builds only (6 mm grid, a few cases)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("nilearn")
 sitk = pytest.importorskip("SimpleITK")
 
-from nnunet_ext.data import demo  # noqa: E402
+from nnunet_ext.demo import dataset as demo  # noqa: E402
 
 SMALL = dict(num_train=5, num_test=1, spacing_mm=6.0, progress=False)
 
@@ -195,6 +195,13 @@ def test_bad_arguments_are_refused(tmp_path, kwargs, match):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_one_default_spacing():
+    assert demo.demo_settings()["spacing_mm"] == demo.DEMO_SPACING_MM
+    low, high = demo.SPACING_RANGE_MM
+    with pytest.raises(ValueError, match=rf"from {low:g} to {high:g} \({demo.DEMO_SPACING_MM:g} is the demo's default\)"):
+        demo.demo_settings(spacing_mm=high + 1)
+
+
 def test_missing_nilearn_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "nilearn", None)  # makes `import nilearn` fail
     with pytest.raises(ImportError, match="pip install nilearn"):
@@ -203,7 +210,7 @@ def test_missing_nilearn_names_the_fix(tmp_path, monkeypatch):
 
 
 def test_import_is_light():
-    code = ("import sys, nnunet_ext.data.demo; "
+    code = ("import sys, nnunet_ext.demo.dataset; "
             "print(sorted(m for m in ('nilearn', 'nibabel', 'scipy.ndimage') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

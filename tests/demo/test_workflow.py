@@ -1,8 +1,7 @@
-"""What a re-run of `nnunet-ext demo` reuses, in-process with the stock commands stood in for:
+"""What a re-run of the demo workflow reuses, in-process with the stock commands stood in for:
 the dataset and what was made from it only at the same settings, test predictions only for the
-same trainer, folds and checkpoints (the end-to-end runs are in test_demo_cli.py)."""
+same trainer, folds and checkpoints (the end-to-end runs are in tests/cli/test_demo_cli.py)."""
 
-import argparse
 import json
 import os
 import shutil
@@ -14,8 +13,9 @@ import pytest
 pytest.importorskip("nilearn")
 sitk = pytest.importorskip("SimpleITK")
 
-from nnunet_ext.cli import demo as demo_cli  # noqa: E402
-from nnunet_ext.data import demo as demo_data  # noqa: E402
+from nnunet_ext.demo import dataset as demo_data  # noqa: E402
+from nnunet_ext.demo import workflow  # noqa: E402
+from nnunet_ext.demo.workflow import DemoError  # noqa: E402
 
 NAME = f"Dataset{demo_data.DEMO_DATASET_ID:03d}_{demo_data.DEMO_DATASET_NAME}"
 
@@ -24,7 +24,7 @@ NAME = f"Dataset{demo_data.DEMO_DATASET_ID:03d}_{demo_data.DEMO_DATASET_NAME}"
 def wf(tmp_path, monkeypatch):
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(var, str(tmp_path / var))
-    return demo_cli.Workflow(demo_data.DEMO_DATASET_ID, NAME, "cpu")
+    return workflow.Workflow(demo_data.DEMO_DATASET_ID, NAME, "cpu")
 
 
 def _made_from(wf, raw_dir: Path) -> list[Path]:
@@ -42,16 +42,16 @@ def _made_from(wf, raw_dir: Path) -> list[Path]:
 
 
 def test_other_spacing_rebuilds_the_dataset_and_removes_what_was_made_from_it(wf, capsys):
-    raw_dir = demo_cli._prepare_dataset(wf, 8.0)
+    raw_dir = workflow.prepare_dataset(wf, 8.0)
     assert "==> building the demo dataset" in capsys.readouterr().out
     made = _made_from(wf, raw_dir)
 
-    assert demo_cli._prepare_dataset(wf, 8.0) == raw_dir           # same spacing: everything reused
+    assert workflow.prepare_dataset(wf, 8.0) == raw_dir           # same spacing: everything reused
     out = capsys.readouterr().out
     assert "==> reusing the demo dataset" in out and "removing" not in out
     assert all(p.exists() for p in made)
 
-    assert demo_cli._prepare_dataset(wf, 10.0) == raw_dir          # other spacing: rebuilt, no FileExistsError
+    assert workflow.prepare_dataset(wf, 10.0) == raw_dir          # other spacing: rebuilt, no FileExistsError
     out = capsys.readouterr().out
     assert f"==> the demo dataset in {raw_dir} was built at 8 mm; rebuilding it at 10 mm" in out
     assert (f"==> removing {wf.results_root} and {wf.preprocessed}: made from the demo dataset at 8 mm, they do "
@@ -67,7 +67,7 @@ def test_other_spacing_rebuilds_the_dataset_and_removes_what_was_made_from_it(wf
     record = json.loads((raw_dir / "dataset.json").read_text())
     record["nnunet_ext_demo"]["spacing_mm"] = 8.0
     (wf.preprocessed / "dataset.json").write_text(json.dumps(record))
-    demo_cli._prepare_dataset(wf, 10.0)
+    workflow.prepare_dataset(wf, 10.0)
     out = capsys.readouterr().out
     assert "==> reusing the demo dataset" in out and f"==> removing {wf.preprocessed}: made from" in out
     assert not wf.preprocessed.exists()
@@ -77,16 +77,16 @@ def test_a_folder_the_demo_did_not_build_is_left_alone(wf):
     foreign = wf.raw / NAME
     foreign.mkdir(parents=True)
     (foreign / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
-    with pytest.raises(SystemExit, match=rf"nnunet-ext demo: '{foreign}' exists but is not a demo dataset .*; "
-                                         r"move it away or pass another --dataset-id"):
-        demo_cli._prepare_dataset(wf, 8.0)
+    with pytest.raises(DemoError, match=rf"^'{foreign}' exists but is not a demo dataset .*; "
+                                        r"move it away or pass another --dataset-id"):
+        workflow.prepare_dataset(wf, 8.0)
     assert sorted(p.name for p in foreign.iterdir()) == ["dataset.json"]
 
     shutil.rmtree(foreign)
     (wf.results_root.parent / "Dataset987_Mine").mkdir(parents=True)
-    with pytest.raises(SystemExit, match=r"dataset id 987 is already used by Dataset987_Mine in nnUNet_results .*"
-                                         r"pass another --dataset-id"):
-        demo_cli._prepare_dataset(wf, 8.0)
+    with pytest.raises(DemoError, match=r"^dataset id 987 is already used by Dataset987_Mine in nnUNet_results .*"
+                                        r"pass another --dataset-id"):
+        workflow.prepare_dataset(wf, 8.0)
     assert not (wf.raw / NAME).exists()
 
 
@@ -135,15 +135,14 @@ def test_test_predictions_belong_to_their_folds_and_checkpoints(wf, monkeypatch,
     trainer = "SmallUNetTrainer_1epoch_2iters"
 
     def demo(*folds):
-        args = argparse.Namespace(folds=list(folds), epochs=1, iters=2)
-        row = demo_cli._run_trainer(wf, "SmallUNetTrainer", args, raw_dir)
+        row = workflow.run_trainer(wf, "SmallUNetTrainer", 1, 2, list(folds), raw_dir)
         return row, capsys.readouterr().out
 
     row, _ = demo(0, 1)
     assert stock.take() == [("nnUNetv2_train", "0"), ("nnUNetv2_train", "1"), ("nnUNetv2_predict", ["0", "1"])]
     assert row["test_overall"]["dice"] == 1.0
     run01 = wf.out / trainer / "folds_0_1"
-    stamp = json.loads((run01 / "test_predictions" / demo_cli.PREDICTION_STAMP).read_text())
+    stamp = json.loads((run01 / "test_predictions" / workflow.PREDICTION_STAMP).read_text())
     assert stamp["trainer"] == trainer and stamp["folds"] == [0, 1] and set(stamp["checkpoints"]) == {"0", "1"}
 
     # fewer folds: the fold-0 model is reused, but the ensemble's predictions are not

@@ -1,47 +1,15 @@
-"""Folder evaluation: pairing, geometry checks, spacing from the images, JSON/CSV schema."""
+"""Scoring a folder: spacing from the images, classes from the references or dataset.json, the
+label checks of every case, means (the worker pool runs in tests/cli/test_evaluate_cli.py)."""
 
-import csv
 import json
 import math
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
-from nnunet_ext.evaluation.folder import (CSV_COLUMNS, SCHEMA, EvaluationError, evaluate_folders,
-                                          format_summary, labels_from_dataset_json, write_csv, write_json,
-                                          write_outputs)
-
-SITK_SPACING = (1.0, 1.0, 3.0)  # SimpleITK order (x, y, z): 3 mm slices
-
-
-def write(arr, path, spacing=SITK_SPACING, origin=(0.0, 0.0, 0.0), dtype=np.uint8):
-    img = sitk.GetImageFromArray(arr.astype(dtype))
-    img.SetSpacing(spacing)
-    img.SetOrigin(origin)
-    sitk.WriteImage(img, str(path))
-
-
-def reference():
-    seg = np.zeros((20, 40, 40), np.uint8)        # array order (z, y, x)
-    seg[8:12, 10:30, 10:30] = 1
-    seg[2:5, 2:6, 2:6] = 2
-    return seg
-
-
-@pytest.fixture
-def folders(tmp_path):
-    gt, pred = tmp_path / "gt", tmp_path / "pred"
-    gt.mkdir()
-    pred.mkdir()
-    ref = reference()
-    grown = np.zeros_like(ref)
-    grown[7:13, 10:30, 10:30] = 1                 # label 1 one slice thicker each side, label 2 missed
-    write(ref, gt / "case_a.nii.gz")
-    write(ref, pred / "case_a.nii.gz")
-    write(ref, gt / "case_b.nii.gz")
-    write(grown, pred / "case_b.nii.gz")
-    return gt, pred
+from nnunet_ext.evaluation.cases import EvaluationError
+from nnunet_ext.evaluation.folder import SCHEMA, evaluate_folders
+from tests.evaluation.label_maps import reference, write
 
 
 def test_spacing_from_images_in_array_order(folders):
@@ -65,38 +33,11 @@ def test_spacing_from_images_in_array_order(folders):
     assert list(at3["labels"]) == ["1"]
 
 
-def test_json_and_csv_schema(folders, tmp_path):
-    gt, pred = folders
-    r = evaluate_folders(gt, pred, num_processes=1, progress=False)
-    write_json(r, tmp_path / "out" / "e.json")
-    write_csv(r, tmp_path / "out" / "e.csv")
-    j = json.loads((tmp_path / "out" / "e.json").read_text())
-    assert j["schema"] == SCHEMA
-    assert set(j) == {"schema", "reference_folder", "prediction_folder", "file_ending", "tolerance_mm",
-                      "hd_percentile", "labels", "ignore_label", "ignored_predictions", "unscored_prediction_labels",
-                      "cases", "mean", "overall"}
-    assert j["unscored_prediction_labels"] == {}
-    assert set(j["cases"][0]) == {"case", "reference_file", "prediction_file", "spacing", "metrics"}
-    assert set(j["cases"][0]["metrics"]["1"]) == {"dice", "hd95", "nsd", "n_ref", "n_pred"}
-    assert set(j["mean"]["2"]) == {"dice", "hd95", "hd95_finite", "nsd", "n_cases", "n_both_empty", "n_one_empty"}
-    assert set(j["overall"]) == {"dice", "hd95", "hd95_finite", "nsd"}
-    assert j["cases"][1]["metrics"]["2"]["hd95"] == math.inf   # written as Infinity, read back as inf
-    rows = list(csv.DictReader((tmp_path / "out" / "e.csv").open()))
-    assert tuple(rows[0]) == CSV_COLUMNS
-    assert [(r["case"], r["label"]) for r in rows] == [("case_a", "1"), ("case_a", "2"), ("case_b", "1"),
-                                                        ("case_b", "2"), ("mean", "1"), ("mean", "2"),
-                                                        ("mean", "all")]
-    assert rows[3]["hd95"] == "inf" and float(rows[2]["hd95"]) == pytest.approx(3.0)
-    assert not list((tmp_path / "out").glob(".*tmp"))           # no temp files left behind
-    assert "| **mean** |" in format_summary(r)
-
-
 def test_dataset_json_labels_names_and_regions(folders, tmp_path):
     gt, pred = folders
     ds = tmp_path / "dataset.json"
     ds.write_text(json.dumps({"labels": {"background": 0, "slab": 1, "cube": 2, "both": [1, 2]},
                               "file_ending": ".nii.gz"}))
-    assert labels_from_dataset_json(ds) == ([1, 2, (1, 2)], {1: "slab", 2: "cube", (1, 2): "both"}, None)
     r = evaluate_folders(gt, pred, dataset_json=ds, num_processes=1, progress=False)
     assert r["labels"] == {"1": "slab", "2": "cube", "(1, 2)": "both"}
     assert r["cases"][0]["metrics"]["(1, 2)"]["dice"] == 1.0
@@ -110,26 +51,15 @@ def test_predictions_without_reference_are_listed_not_scored(folders):
     gt, pred = folders
     write(reference(), pred / "extra.nii.gz")
     r = evaluate_folders(gt, pred, num_processes=1, progress=False)
+    assert r["schema"] == SCHEMA
     assert [c["case"] for c in r["cases"]] == ["case_a", "case_b"]
     assert r["ignored_predictions"] == ["extra.nii.gz"]
 
 
-def test_missing_case_names_it(folders):
+def test_grids_are_checked_before_scoring(folders):
     gt, pred = folders
-    (pred / "case_b.nii.gz").unlink()
-    with pytest.raises(EvaluationError, match=r"lacks 1 of 2 cases: 'case_b'.*case_b\.nii\.gz"):
-        evaluate_folders(gt, pred, num_processes=1, progress=False)
-
-
-@pytest.mark.parametrize("what, kwargs, match", [
-    ("shape", {"arr": np.zeros((20, 40, 39))}, r"case 'case_b': prediction shape \[39, 40, 20\]"),
-    ("spacing", {"spacing": (1.0, 1.0, 2.5)}, r"case 'case_b': prediction spacing \[1.0, 1.0, 2.5\]"),
-    ("origin", {"origin": (0.0, 0.0, 5.0)}, r"case 'case_b': prediction origin"),
-])
-def test_mismatched_geometry_names_the_case(folders, what, kwargs, match):
-    gt, pred = folders
-    write(kwargs.pop("arr", reference()), pred / "case_b.nii.gz", **kwargs)
-    with pytest.raises(EvaluationError, match=match):
+    write(reference(), pred / "case_b.nii.gz", spacing=(1.0, 1.0, 2.5))
+    with pytest.raises(EvaluationError, match=r"case 'case_b': prediction spacing"):
         evaluate_folders(gt, pred, num_processes=1, progress=False)
 
 
@@ -205,15 +135,3 @@ def test_prediction_label_in_no_reference_is_an_error_when_classes_are_inferred(
     # labels the references have but the caller left out (1, 2 here) are the caller's choice, not reported
     r = evaluate_folders(gt, pred, labels=[3], num_processes=1, progress=False)
     assert list(r["labels"]) == ["3"] and r["unscored_prediction_labels"] == {}
-
-
-def test_write_outputs_writes_both_or_neither(folders, tmp_path):
-    gt, pred = folders
-    r = evaluate_folders(gt, pred, num_processes=1, progress=False)
-    out = tmp_path / "out"
-    (out / "e.csv").mkdir(parents=True)             # the CSV cannot be written
-    with pytest.raises(IsADirectoryError):
-        write_outputs(r, out / "e.json", out / "e.csv")
-    assert sorted(p.name for p in out.iterdir()) == ["e.csv"]   # no JSON, no temp files
-    write_outputs(r, out / "e.json", out / "r.csv")
-    assert json.loads((out / "e.json").read_text())["schema"] == SCHEMA and (out / "r.csv").is_file()
