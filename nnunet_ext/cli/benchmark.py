@@ -23,8 +23,9 @@ def register(sub) -> None:
     p.add_argument("--classes", type=int, default=2, help="segmentation heads incl. background (default 2)")
     p.add_argument("--batch", type=int, default=1, help="training batch size (inference is one patch; default 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs before the repeats (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; their mean is reported (default 3)")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="untimed runs before the repeats, besides torch.utils.benchmark's two (default 0)")
     p.add_argument("--threads", type=int, help="torch CPU threads per network (default: torch's default)")
     p.add_argument("--timeout", type=float, metavar="S", help="give up on a network after S seconds")
     p.add_argument("--json", action="store_true", help="print one JSON object (config and rows) instead")
@@ -34,7 +35,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from nnunet_ext.architectures import available_architectures
     from nnunet_ext.cli import _checks
-    from nnunet_ext.evaluation.benchmark import NNUNET, benchmark, format_table
+    from nnunet_ext.bench.networks import NNUNET, benchmark, format_table
 
     unknown = [a for a in args.archs or () if a not in (*available_architectures(), NNUNET, "nnunet")]
     if unknown:
@@ -69,7 +70,7 @@ def run(args) -> int:
     where = f"{ok['device_name']}, {ok['threads']} threads" if ok and ok["device"] == "cpu" else \
         (ok["device_name"] if ok else args.device)
     print(f"patch {list(args.patch)}, spacing {list(args.spacing)}, batch {args.batch}, {args.in_channels} input "
-          f"channel(s), {args.classes} classes, {where}; median of {args.repeats} after {args.warmup} warm-up; "
+          f"channel(s), {args.classes} classes, {where}; mean of {args.repeats} after {2 + args.warmup} warm-up; "
           f"ratios to nnU-Net's PlainConvUNet\n")
     print(format_table(rows))
     return 0

@@ -6,7 +6,7 @@ import json
 def register(sub) -> None:
     p = sub.add_parser(
         "benchmark-scan", help="time our selective scans vs selective_scan_ref and mambapy",
-        description="Forward and forward+backward time (median of --repeats) and extra peak memory of "
+        description="Forward and forward+backward time (mean of --repeats) and extra peak memory of "
                     "the selective-scan implementations on the same inputs, each in a fresh process. "
                     "Default cases: B1 E96 N16 L 512/4096/8192/32768 and B2 E192 N16 L4096.")
     p.add_argument("--lengths", type=int, nargs="+", metavar="L",
@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=None, help="B (default 1)")
     p.add_argument("--channels", type=int, default=None, help="E (default 96)")
     p.add_argument("--state", type=int, default=None, help="N (default 16)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (median reported)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (mean reported)")
     p.add_argument("--backends", nargs="+", default=None, metavar="METHOD",
                    help="subset of: torch fused cuda ref mambapy, and torch@T for the PyTorch scan with "
                         "blocks of T tokens (default: torch fused cuda ref mambapy)")
@@ -35,7 +35,7 @@ def run(args) -> int:
     import torch
 
     from nnunet_ext.cli import _checks
-    from nnunet_ext.ops import benchmark as bm
+    from nnunet_ext.bench import scan as bm
 
     methods = tuple(args.backends or bm.METHODS)
     bad = [m for m in methods if m not in bm.METHODS and not (m.startswith("torch@") and m[6:].isdigit()
@@ -69,7 +69,7 @@ def run(args) -> int:
         print(json.dumps(rows))
         return 0
     threads = next((r["threads"] for r in rows if "threads" in r), args.threads or torch.get_num_threads())
-    print(f"selective scan on {device}, {threads} thread(s); times are medians of {args.repeats} runs "
+    print(f"selective scan on {device}, {threads} thread(s); times are means of {args.repeats} runs "
           f"after a warm-up; '× X' = X's time / this row's time; "
           f"load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     print(bm.format_table(rows))

@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from nnunet_ext.architectures import PlanError, available_architectures
-    from nnunet_ext.architectures.summary import summarize
+    from nnunet_ext.bench.counts import summarize
     from nnunet_ext.cli import _checks
 
     if args.arch not in available_architectures():

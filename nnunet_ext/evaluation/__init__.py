@@ -1,4 +1,4 @@
-"""Evaluation of segmentations, and benchmarking of the networks.
+"""Evaluation of segmentations.
 
 Scoring imports nothing of ours but :mod:`nnunet_ext.io` (and never trainers, the demo or the CLI):
 
@@ -9,9 +9,6 @@ Scoring imports nothing of ours but :mod:`nnunet_ext.io` (and never trainers, th
   the result's schema.
 - :mod:`.report`: the result as JSON and CSV files and as a markdown table.
 - :mod:`.overlay`: PNG mid-slices of image, reference and prediction.
-
-:mod:`.benchmark` measures every registered network next to nnU-Net's default U-Net on one plan
-(it builds networks, so it imports :mod:`nnunet_ext.architectures`).
 
 Nothing is imported here, so ``import nnunet_ext.evaluation`` stays cheap.
 """

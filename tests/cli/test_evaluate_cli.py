@@ -138,7 +138,7 @@ def test_evaluate_bad_labels(folders):
 
 
 def test_benchmark_cli_prints_table_and_json(monkeypatch, capsys):
-    import nnunet_ext.evaluation.benchmark as bm
+    import nnunet_ext.bench.networks as bm
 
     rows = [{"arch": bm.NNUNET, "params": 2_000_000, "params_inference": 2_000_000, "macs": 4_000_000_000,
              "train_s": 2.0, "infer_s": 0.5, "peak_train_mib": 400.0, "peak_infer_mib": 100.0,

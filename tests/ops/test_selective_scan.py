@@ -314,30 +314,3 @@ def test_matches_mamba_ssm_selective_scan_ref(backend, length):
     close(l1, l2, "last state")
     for k in names:
         close(g1[k], g2[k], f"d{k}")
-
-
-# --------------------------------------------------------------------------- benchmark comparators
-
-def test_benchmark_comparators_compute_the_same_scan():
-    """The stand-in loop reference and the mambapy wrapper of `nnunet-ext benchmark-scan` are right."""
-    from nnunet_ext.ops import benchmark as bm
-
-    inputs = make_inputs(b=2, e=3, n=4, length=19, seed=21)
-    args = {k: inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z")}
-    ref = selective_scan_sequential(**args, delta_softplus=True)
-    close(bm.loop_ref(**args, delta_softplus=True), ref, "loop_ref")
-    pytest.importorskip("mambapy")
-    close(bm.mambapy_scan(**args, delta_softplus=True), ref, "mambapy")
-
-
-def test_benchmark_measure_and_table():
-    from nnunet_ext.ops import benchmark as bm
-
-    rows = [bm.measure(1, 4, 4, 40, m, repeats=1) for m in ("torch", "torch@8", "ref", "cuda")]
-    rows[1]["method"] = "torch@8"
-    bm._add_ratios(rows)
-    assert rows[0]["fwd_ms"] > 0 and rows[0]["fwd_bwd_ms"] > 0 and rows[0]["runs"] == 1
-    assert "speedup_vs_ref_fwd_bwd" in rows[0]
-    assert rows[3]["note"].startswith("skipped")
-    table = bm.format_table(rows)
-    assert "torch (ours, T=8)" in table and "skipped" in table

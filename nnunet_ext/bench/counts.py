@@ -1,4 +1,5 @@
-"""Parameter and MAC counts of a registered architecture at a given setting."""
+"""Parameter and MAC counts of a network, and of a registered architecture at a plan's setting
+(``nnunet-ext summary``; the ``params`` and ``macs`` columns of ``nnunet-ext benchmark``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from typing import Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnunet_ext.architectures.plans import PlanSpec
-from nnunet_ext.architectures.registry import build_network
+from nnunet_ext.architectures import PlanSpec, build_network
 
 
 def count_parameters(network: torch.nn.Module, inference: bool = False, trainable_only: bool = False) -> int:

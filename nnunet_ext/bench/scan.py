@@ -15,30 +15,27 @@ Methods (each skipped with a note when it cannot run here):
 Every method computes the same thing: ``y = (scan + D·u) · silu(z)`` with ``Δ = softplus(Δ_raw)``.
 Inputs are Mamba-like: A = -(1..N) per channel (S4D-real init), Δ ≈ softplus(N(-4, 0.5)) ≈ 0.02.
 
-Each (case, method) runs in a fresh subprocess, so one method's memory cannot hide another's:
+Each (case, method) runs in a fresh interpreter (:func:`nnunet_ext.bench.harness.run_isolated`),
+so one method's memory cannot hide another's:
 
 1. a tiny warm-up call (imports, numba's compile-cache load), then the case's inputs are built;
-2. peak memory: on CPU the kernel's peak-RSS counter is reset (``/proc/self/clear_refs`` ← 5) and
-   ``VmHWM − VmRSS`` (before) after one forward+backward is the *extra* peak resident memory
-   (it includes the gradients and any allocator caching; it is RSS, so it counts pages touched);
-   on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before;
-3. times: the median of ``repeats`` forward (no_grad) and forward+backward calls after that
-   first call; a method whose first forward+backward took over :data:`SLOW_S` seconds is timed by
-   that one call only (the ``runs`` column says so).
+2. extra peak memory of one forward+backward above the memory before it
+   (:class:`~nnunet_ext.bench.memory.PeakMemory`: on CPU the peak resident set, so it includes
+   the gradients and any allocator caching and counts pages touched; on CUDA
+   ``torch.cuda.max_memory_allocated``);
+3. times: forward (no_grad) and forward+backward, each the mean of ``repeats`` calls timed by
+   ``torch.utils.benchmark.Timer`` (:func:`~nnunet_ext.bench.harness.seconds_per_call`); a method
+   whose first forward+backward took over :data:`SLOW_S` seconds is timed by one call of each
+   instead (the ``runs`` column says so).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import statistics
-import subprocess
-import sys
-import time
+from nnunet_ext.bench.harness import run_isolated, seconds_once, seconds_per_call
+from nnunet_ext.bench.memory import PeakMemory
 
-from nnunet_ext._procmem import reset_peak_rss, status_kib
-
-#: default cases (B, E, N, L): the issue's table, plus L = 8192 for the selective_scan_ref target
+#: default cases (B, E, N, L): Mamba-block sizes from 512 to 32768 tokens (8192: the longest that
+#: selective_scan_ref is run at), and one case twice as wide with a batch of 2
 DEFAULT_CASES = [(1, 96, 16, 512), (1, 96, 16, 4096), (1, 96, 16, 8192), (1, 96, 16, 32768),
                  (2, 192, 16, 4096)]
 METHODS = ("torch", "fused", "cuda", "ref", "mambapy")
@@ -162,61 +159,36 @@ def mamba_ssm_ref():
 # one (case, method) measurement -- runs in a subprocess
 # ---------------------------------------------------------------------------------------------
 
-def measure(b, e, n, length, method, repeats=3, device="cpu", threads=None, memory=True) -> dict:
+def measure(b, e, n, length, method, repeats=3, device="cpu", memory=True) -> dict:
     """Time (and peak memory of) one method on one case, in this process."""
     import torch
 
-    if threads:
-        torch.set_num_threads(int(threads))
     row = dict(B=b, E=e, N=n, L=length, method=method, device=device, threads=torch.get_num_threads())
     fn, label, why = _method_fn(method, device)
     row["label"] = label
     if fn is None:
         row["note"] = f"skipped: {why}"
         return row
-    cuda = device == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def fwd_bwd(t):
         y = fn(t)
         torch.autograd.grad(y.float().square().mean(), list(t.values()))
-        sync()
 
     def fwd(t):
         with torch.no_grad():
             fn(t)
-        sync()
 
     fwd_bwd(make_inputs(1, min(e, 4), n, 64, device))  # imports, kernel compile/load
     t = make_inputs(b, e, n, length, device)
-    sync()
-    peak_ok = memory and (cuda or reset_peak_rss())
-    if cuda:
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = status_kib("VmRSS")
-    start = time.perf_counter()
-    fwd_bwd(t)
-    first = time.perf_counter() - start
-    if peak_ok:
-        extra = (torch.cuda.max_memory_allocated() - base) if cuda else (status_kib("VmHWM") - base) * 1024
-        row["extra_peak_mb"] = round(extra / 2**20, 1)
+    peak = PeakMemory(device)
+    first = seconds_once(lambda: fwd_bwd(t))
+    if memory and peak.resettable:
+        row["extra_peak_mb"] = round(peak.above_baseline() / 2**20, 1)
     if first > SLOW_S:
-        start = time.perf_counter()
-        fwd(t)
-        row.update(fwd_ms=1e3 * (time.perf_counter() - start), fwd_bwd_ms=1e3 * first, runs=1)
+        row.update(fwd_ms=1e3 * seconds_once(lambda: fwd(t)), fwd_bwd_ms=1e3 * first, runs=1)
         return row
-    times = {}
-    for name, f in (("fwd_ms", fwd), ("fwd_bwd_ms", fwd_bwd)):
-        f(t)  # warm-up
-        ts = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            f(t)
-            ts.append(time.perf_counter() - start)
-        times[name] = 1e3 * statistics.median(ts)
-    row.update(times, runs=repeats)
+    row.update(fwd_ms=1e3 * seconds_per_call(lambda: fwd(t), repeats),
+               fwd_bwd_ms=1e3 * seconds_per_call(lambda: fwd_bwd(t), repeats), runs=repeats)
     return row
 
 
@@ -243,26 +215,16 @@ def benchmark_scan(cases=None, methods=METHODS, repeats=3, device="cpu", threads
                 row = dict(B=b, E=e, N=n, L=length, method=method, label="selective_scan_ref",
                            note=f"skipped: L > {ref_max_length} (its backward grows with L², minutes)")
             else:
-                row = _run_worker(dict(b=b, e=e, n=n, length=length, method=method, repeats=repeats,
-                                       device=device, threads=threads, memory=memory))
+                row = run_isolated(measure, dict(b=b, e=e, n=n, length=length, method=method,
+                                                 repeats=repeats, device=device, memory=memory), threads)
+                if "error" in row:
+                    row = dict(B=b, E=e, N=n, L=length, method=method, note=f"failed: {row['error']}")
             case_rows.append(row)
             if progress:
                 progress(row)
         _add_ratios(case_rows)
         rows += case_rows
     return rows
-
-
-def _run_worker(args: dict) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(args["threads"]))
-    proc = subprocess.run([sys.executable, "-m", "nnunet_ext.ops.benchmark", json.dumps(args)],
-                          capture_output=True, text=True, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return dict(B=args["b"], E=args["e"], N=args["n"], L=args["length"], method=args["method"],
-                    note=f"failed: {tail}")
-    return json.loads(lines[-1])
 
 
 def _add_ratios(case_rows):
@@ -292,8 +254,3 @@ def format_table(rows) -> str:
              f"{r['note']}" for r in rows if r.get("note")]
     return "\n".join(lines + (["notes:"] + notes if notes else []))
 
-
-if __name__ == "__main__":
-    a = json.loads(sys.argv[1])
-    print(json.dumps(measure(a["b"], a["e"], a["n"], a["length"], a["method"], a["repeats"],
-                             a["device"], a["threads"], a["memory"])))

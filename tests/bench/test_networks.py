@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from nnunet_ext.architectures import PlanSpec
-from nnunet_ext.evaluation.benchmark import (NNUNET, ROW_KEYS, benchmark, build_benchmark_network,
-                                             default_architectures, format_table, nnunet_arch_kwargs)
+from nnunet_ext.bench.networks import (NNUNET, ROW_KEYS, benchmark, build_benchmark_network,
+                                      default_architectures, format_table, nnunet_arch_kwargs)
 
 
 def test_nnunet_network_follows_the_default_planner():

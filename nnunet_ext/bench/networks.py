@@ -3,25 +3,25 @@
 For each network, on the plan nnU-Net's planner derives for the patch (:meth:`PlanSpec.from_patch`):
 
 - ``params``: parameters (``params_inference`` leaves out training-only modules);
-- ``macs``: multiply-accumulates of one forward of one patch (:mod:`nnunet_ext.architectures.summary`);
+- ``macs``: multiply-accumulates of one forward of one patch (:mod:`nnunet_ext.bench.counts`);
 - ``train_s``: seconds per training iteration as nnU-Net's ``train_step`` does it: forward with
   deep supervision, nnU-Net's DC+CE loss over the outputs (weights 1/2^i, the lowest output's 0),
   backward, gradient clipping at 12, SGD (lr 1e-2, momentum 0.99, Nesterov, weight decay 3e-5);
   autocast + GradScaler on CUDA, plain fp32 on CPU, as nnU-Net;
 - ``infer_s``: seconds per patch at inference (eval mode, no deep supervision, ``no_grad``, one
   patch at a time as nnU-Net's sliding window; autocast on CUDA);
-- ``peak_train_mib`` / ``peak_infer_mib``: peak memory of each phase, the network's weights
-  included. CUDA: ``torch.cuda.max_memory_allocated``. CPU: the worker's peak resident set size
-  in the phase minus its resident size right after the imports (and a toy convolution that
-  initialises the conv libraries). On Linux the peak is the kernel's ``VmHWM``, reset at the
-  baseline and before each phase (``/proc/self/clear_refs``), so an import-time spike hides
-  nothing; elsewhere it is ``getrusage``'s ``ru_maxrss`` and the training figure is the peak of
-  the whole run.
+- ``peak_train_mib`` / ``peak_infer_mib``: peak memory of each phase above the worker's usage
+  right after the imports (and a toy convolution that initialises the conv libraries), so the
+  network's weights are included (:class:`~nnunet_ext.bench.memory.PeakMemory`: CUDA
+  ``torch.cuda.max_memory_allocated``; CPU the peak resident set, lowered to the current size
+  before each phase on Linux, so an import-time spike hides nothing; elsewhere the training
+  figure is the peak of the whole run).
 
-Times are the median of ``repeats`` runs after ``warmup`` runs. Each network is measured in a fresh
-``python -m nnunet_ext.evaluation.benchmark`` subprocess, so memory peaks and allocator caches do
-not leak from one network into the next; a network that fails (plan not divisible, out of memory)
-gets a row with ``error`` instead of numbers. Adding a network needs nothing here: every
+Times are the mean of ``repeats`` calls timed by ``torch.utils.benchmark.Timer`` after its two
+warm-up calls and ``warmup`` more (:func:`~nnunet_ext.bench.harness.seconds_per_call`). Each
+network is measured in a fresh interpreter (:func:`~nnunet_ext.bench.harness.run_isolated`), so
+memory peaks and allocator caches do not leak from one network into the next; a network that
+fails (plan not divisible, out of memory) gets a row with ``error`` instead of numbers. Adding a network needs nothing here: every
 registered architecture except ``small_unet`` is benchmarked by default.
 
 nnU-Net's network (:data:`NNUNET`) is built by nnU-Net's own ``get_network_from_plans`` with the
@@ -30,15 +30,11 @@ nnU-Net's network (:data:`NNUNET`) is built by nnU-Net's own ``get_network_from_
 
 from __future__ import annotations
 
-import json
 import math
-import statistics
-import subprocess
-import sys
-import time
 from typing import Callable, Sequence
 
-from nnunet_ext._procmem import peak_rss_bytes, reset_peak_rss
+from nnunet_ext.bench.harness import run_isolated, seconds_per_call
+from nnunet_ext.bench.memory import PeakMemory
 
 #: the row name of stock nnU-Net's default network
 NNUNET = "nnunet (PlainConvUNet)"
@@ -47,7 +43,6 @@ DEFAULT_EXCLUDE = ("small_unet",)
 #: what each row carries when the network ran
 ROW_KEYS = ("arch", "params", "params_inference", "macs", "train_s", "infer_s", "peak_train_mib",
             "peak_infer_mib", "strides", "device", "device_name", "threads")
-_ROW_MARK = "NNUNET_EXT_BENCHMARK_ROW "
 _MIB = 2 ** 20
 
 # nnU-Net's default ExperimentPlanner (experiment_planners/default_experiment_planner.py, 3D):
@@ -124,7 +119,7 @@ def _nnunet_loss(n_outputs: int):
 
 
 def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes: int = 2, batch: int = 1,
-            device: str = "cpu", repeats: int = 3, warmup: int = 1,
+            device: str = "cpu", repeats: int = 3, warmup: int = 0,
             spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
     """Measure one network in this process (see the module docstring); returns a row of :data:`ROW_KEYS`.
 
@@ -134,7 +129,7 @@ def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes:
     import torch.nn.functional as F
 
     from nnunet_ext.architectures import PlanSpec
-    from nnunet_ext.architectures.summary import count_macs, count_parameters
+    from nnunet_ext.bench.counts import count_macs, count_parameters
 
     spec = PlanSpec.from_patch(patch_size, spacing)
     dev = torch.device(device)
@@ -146,25 +141,13 @@ def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes:
     w = torch.zeros(1, 1, 3, 3, 3, device=dev, requires_grad=True)
     F.conv3d(torch.zeros(1, 1, 4, 4, 4, device=dev), w).sum().backward()
     del w
-    reset_peak_rss()
-    rss0 = peak_rss_bytes()
+    memory = PeakMemory(dev)
     torch.manual_seed(0)
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(dev)
-
-    def timed(fn: Callable[[], None]) -> float:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+    def phase(fn: Callable[[], None]) -> tuple[float, int]:
+        """Seconds per call of ``fn`` and the peak memory of the phase."""
+        memory.reset()
+        return seconds_per_call(fn, repeats, warmup), memory.above_baseline()
 
     def autocast():
         return torch.autocast("cuda", enabled=True) if cuda else torch.autocast("cpu", enabled=False)
@@ -180,10 +163,7 @@ def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes:
         with torch.no_grad(), autocast():
             net(x1)
 
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(dev)
-    infer_s = timed(infer)
-    peak_infer = torch.cuda.max_memory_allocated(dev) if cuda else peak_rss_bytes() - rss0
+    infer_s, peak_infer = phase(infer)
     x1 = None  # free the inference input before training
 
     # ---- training: nnU-Net's train_step
@@ -215,12 +195,7 @@ def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes:
             torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
             opt.step()
 
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(dev)
-    else:
-        reset_peak_rss()
-    train_s = timed(train_step)
-    peak_train = torch.cuda.max_memory_allocated(dev) if cuda else peak_rss_bytes() - rss0
+    train_s, peak_train = phase(train_step)
 
     # ---- counts (after the timings, so the meta-device build cannot touch the memory peaks)
     params = count_parameters(net)
@@ -237,26 +212,11 @@ def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes:
         "arch": NNUNET if name == "nnunet" else name,
         "params": params, "params_inference": params_inference, "macs": int(macs),
         "train_s": train_s, "infer_s": infer_s,
-        "peak_train_mib": max(peak_train, 0) / _MIB, "peak_infer_mib": max(peak_infer, 0) / _MIB,
+        "peak_train_mib": peak_train / _MIB, "peak_infer_mib": peak_infer / _MIB,
         "strides": [list(s) for s in spec.strides],
         "device": dev.type, "device_name": torch.cuda.get_device_name(dev) if cuda else "cpu",
         "threads": torch.get_num_threads(),
     }
-
-
-def _run_isolated(config: dict, timeout: float | None) -> dict:
-    """:func:`measure` in a fresh interpreter; returns its row, or a row with ``error``."""
-    cmd = [sys.executable, "-m", "nnunet_ext.evaluation.benchmark", json.dumps(config)]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"arch": config["name"], "error": f"timed out after {timeout:g} s"}
-    for line in reversed(p.stdout.splitlines()):
-        if line.startswith(_ROW_MARK):
-            return json.loads(line[len(_ROW_MARK):])
-    tail = (p.stderr or p.stdout).strip().splitlines()
-    return {"arch": config["name"], "error": f"worker exited with {p.returncode}: "
-                                             f"{tail[-1] if tail else 'no output'}"}
 
 
 def default_architectures() -> list[str]:
@@ -266,7 +226,7 @@ def default_architectures() -> list[str]:
 
 
 def benchmark(archs: Sequence[str] | None = None, patch_size: Sequence[int] = (64, 64, 64), in_channels: int = 1,
-              classes: int = 2, batch: int = 1, device: str = "cpu", repeats: int = 3, warmup: int = 1,
+              classes: int = 2, batch: int = 1, device: str = "cpu", repeats: int = 3, warmup: int = 0,
               spacing: Sequence[float] = (1.0, 1.0, 1.0), threads: int | None = None,
               timeout: float | None = None, on_row: Callable[[int, int, dict], None] | None = None) -> list[dict]:
     """Benchmark nnU-Net's network (first row) and ``archs`` (default :func:`default_architectures`).
@@ -297,8 +257,10 @@ def benchmark(archs: Sequence[str] | None = None, patch_size: Sequence[int] = (6
     for i, name in enumerate(names):
         config = {"name": name, "patch_size": list(patch_size), "in_channels": in_channels, "classes": classes,
                   "batch": batch, "device": device, "repeats": repeats, "warmup": warmup,
-                  "spacing": list(spacing), "threads": threads or torch.get_num_threads()}
-        row = _run_isolated(config, timeout)
+                  "spacing": list(spacing)}
+        row = run_isolated(measure, config, threads or torch.get_num_threads(), timeout)
+        if "error" in row:
+            row = {"arch": name, "error": row["error"]}
         rows.append(row)
         if on_row:
             on_row(i, len(names), row)
@@ -328,20 +290,3 @@ def format_table(rows: Sequence[dict]) -> str:
         lines.append(f"| {r['arch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
-
-def _worker_main(argv: list[str]) -> int:
-    config = json.loads(argv[0])
-    import torch
-    torch.set_num_threads(int(config.pop("threads")))
-    name = config.pop("name")
-    try:
-        row = measure(name, **config)
-    except Exception as e:  # reported in the table; the other networks still run
-        msg = " ".join(str(e).split())
-        row = {"arch": name, "error": f"{type(e).__name__}: {msg[:300]}"}
-    print(_ROW_MARK + json.dumps(row), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
