@@ -15,19 +15,19 @@ Read top-down like the paper's overview figure:
   In eval mode MSF is never executed, but it stays in the state dict (keys match between training
   and the predictor's rebuilt network).
 
-Size choices where the paper is silent (counted at 128^3, 4 channels, 4 classes with ``nnunet-ext
-summary``; the paper reports 10.50 M parameters and 132.11 G MACs). Fixed by the paper's
-description: attention 4 x (4 d^2 + 4 d) = 4.20 M, position embedding N d = 4096 x 512 = 2.10 M,
-1x1x1 projections 0.13 M. Free: the FFN width and the residual blocks per level. We take one block
-per level (encoder 1.47 M) and FFN width d = 512 (4 x 2 d^2 = 2.10 M): **10.39 M inference
-parameters (-1.1 %)**. Alternatives: FFN 2d 12.49 M (+19 %), FFN 4d 16.69 M, TransBTS's (1, 2, 2, 4)
-blocks 13.32 M even with FFN d. MSF adds 0.51 M training-only parameters (10.90 M in total).
+Size choices where the paper is silent, by counting parameters against the paper's 10.50 M (4
+channels, 4 classes, 128^3 patch; checked in ``tests/architectures/test_missu.py``). Fixed by the
+paper's description: attention 4 x (4 d^2 + 4 d) = 4.20 M, position embedding N d = 4096 x 512 =
+2.10 M, 1x1x1 projections 0.13 M. Free: the FFN width f (4 x 2 d f parameters: 2.10 M at f = d,
+4.20 M at 2d, 8.39 M at 4d) and the residual blocks per level (2 x 27 w^2 weights each at width w;
+with the stride convs the encoder has 1.47 M at one block per level, 4.40 M at TransBTS's
+(1, 2, 2, 4)). Only one block per level with f = d = 512 lands near the paper's total; MSF adds
+training-only parameters on top.
 
-MACs at 128^3: our counter gives 212.1 G, of which 143.4 G in convolutions and linear layers (+8.5 %
-on the paper's 132.11 G) and 68.7 G in the attention products Q K^T and A V (4 layers x 2 N^2 d,
-N = 4096). The paper's figure fits a counter that sees only conv/linear layers (thop/ptflops
-style): by our rough count TransBTS's conv/linear layers at 128^3 come to about 200 G, near the
-208 G the paper lists for it.
+MACs: the paper's 132.11 G fits a counter that sees only convolution and linear layers
+(thop/ptflops style); the attention products Q K^T and A V (4 layers x 2 N^2 d) come on top of it.
+The paper's plan is 2^3 down-sampling per axis; from an nnU-Net plan the three strides follow
+:func:`~nnunet_ext.architectures.plans.deepest_first_strides`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from typing import Sequence, Type
 import torch
 from torch import nn
 
-from nnunet_ext.architectures.base import ExtNetwork, scales_from_strides
-from nnunet_ext.architectures.plans import PlanSpec, Shape, cumulative_strides, deepest_first_strides, stride_product
+from nnunet_ext.architectures.base import ExtNetwork, check_lengths, check_patch_divisible, scales_from_strides
+from nnunet_ext.architectures.plans import PlanSpec, Strides, cumulative_strides, deepest_first_strides
 from nnunet_ext.architectures.registry import register_architecture
 from nnunet_ext.blocks.conv import ConvNormAct, ResidualBlock, SegmentationHeads, UpsampleBlock
 from nnunet_ext.blocks.msf import MSFPyramid
@@ -51,26 +51,22 @@ class MISSUEncoder(nn.Module):
     S_i = S_{i-1} / strides[i-2].
 
     Stem: plain conv3 C_in -> widths[0] (TransBTS's InitConv). Level i > 1 starts with a plain
-    stride conv3 widths[i-2] -> widths[i-1]; every level then has ``blocks_per_level[i-1]``
+    stride conv3 widths[i-2] -> widths[i-1]; every level then has ``depths[i-1]``
     pre-activation residual blocks (norm-ReLU-conv3, twice, plus identity).
     """
 
     def __init__(self, input_channels: int, widths: Sequence[int], strides: Sequence[Sequence[int]],
-                 blocks_per_level: Sequence[int], conv_op: Type[nn.Module] = nn.Conv3d,
+                 depths: Sequence[int], conv_op: Type[nn.Module] = nn.Conv3d,
                  norm_op: Type[nn.Module] | None = nn.InstanceNorm3d, norm_op_kwargs: dict | None = None,
                  nonlin: Type[nn.Module] | None = nn.ReLU, nonlin_kwargs: dict | None = None):
         super().__init__()
-        assert len(widths) == len(blocks_per_level) == len(strides) + 1, \
-            f"widths ({len(widths)}) and blocks_per_level ({len(blocks_per_level)}) need one entry per level, " \
-            f"strides ({len(strides)}) one per level transition"
-        self.widths, self.strides = tuple(widths), tuple(tuple(s) for s in strides)
         plain = dict(conv_op=conv_op, norm_op=None, nonlin=None)
         block = dict(conv_op=conv_op, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, nonlin=nonlin,
                      nonlin_kwargs=nonlin_kwargs, bias=True, pre_norm=True)
         self.stem = ConvNormAct(input_channels, widths[0], 3, **plain)
         self.levels = nn.ModuleList()
-        for i, (w, n) in enumerate(zip(widths, blocks_per_level)):
-            layers: list[nn.Module] = [] if i == 0 else [ConvNormAct(widths[i - 1], w, 3, self.strides[i - 1], **plain)]
+        for i, (w, n) in enumerate(zip(widths, depths)):
+            layers: list[nn.Module] = [] if i == 0 else [ConvNormAct(widths[i - 1], w, 3, strides[i - 1], **plain)]
             layers += [ResidualBlock(w, w, 3, 1, **block) for _ in range(n)]
             self.levels.append(nn.Sequential(*layers))
 
@@ -92,7 +88,7 @@ class TransformerBottleneck(nn.Module):
     reshape back to the grid.
     """
 
-    def __init__(self, channels: int, grid: Sequence[int], embed_dim: int = 512, depth: int = 4, heads: int = 8,
+    def __init__(self, channels: int, grid: Sequence[int], embed_dim: int = 512, depth: int = 4, num_heads: int = 8,
                  ffn_dim: int = 512, dropout: float = 0.1, attn_dropout: float = 0.1,
                  conv_op: Type[nn.Module] = nn.Conv3d, norm_op: Type[nn.Module] | None = nn.InstanceNorm3d,
                  norm_op_kwargs: dict | None = None, nonlin: Type[nn.Module] | None = nn.ReLU,
@@ -102,14 +98,15 @@ class TransformerBottleneck(nn.Module):
         self.in_proj = ConvNormAct(channels, embed_dim, 1, conv_op=conv_op, norm_op=norm_op,
                                    norm_op_kwargs=norm_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs,
                                    pre_norm=True)
-        self.transformer = TransformerEncoder(embed_dim, math.prod(self.grid), depth, heads, ffn_dim, dropout,
+        self.transformer = TransformerEncoder(embed_dim, math.prod(self.grid), depth, num_heads, ffn_dim, dropout,
                                               attn_dropout)
         self.out_proj = nn.Linear(embed_dim, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
-        assert tuple(x.shape[2:]) == self.grid, \
-            f"bottleneck expects a {list(self.grid)} grid (from the plan's patch size), got {list(x.shape[2:])}"
+        if tuple(x.shape[2:]) != self.grid:
+            raise ValueError(f"TransformerBottleneck: x must have a {list(self.grid)} grid (from the patch size the "
+                             f"network was built for), got {list(x.shape[2:])}")
         t = self.in_proj(x).flatten(2).transpose(1, 2)  # (B, N, d)
         t = self.out_proj(self.transformer(t))  # (B, N, C)
         return t.transpose(1, 2).reshape(b, c, *self.grid)
@@ -158,12 +155,12 @@ class MISSU(ExtNetwork):
         input_channels: C_in.
         num_classes: K.
         patch_size: (Z, Y, X) of the training patch; fixes the token count N and the position embedding.
-        strides: the three down-sampling strides (from the plan, see :func:`missu_strides_from_plan`).
+        strides: the down-sampling strides between levels, shallowest first (paper: 3 x (2, 2, 2)).
         widths: encoder widths per level (paper: 16, 32, 64, 128).
-        blocks_per_level: residual blocks per encoder level (our choice (1, 1, 1, 1), see module doc).
+        depths: residual blocks per encoder level (our choice (1, 1, 1, 1), see module doc).
         embed_dim: transformer width d (paper: 512).
-        depth: transformer layers (paper: 4).
-        heads: attention heads (paper: 8).
+        transformer_depth: transformer layers (paper: 4).
+        num_heads: attention heads (paper: 8).
         ffn_dim: FFN hidden width (our choice d = 512 by parameter count, see module doc).
         dropout, attn_dropout: transformer dropouts (0.1, as in the authors' TransBTS-based code).
         deep_supervision: return the list of outputs.
@@ -173,40 +170,32 @@ class MISSU(ExtNetwork):
 
     def __init__(self, input_channels: int, num_classes: int, patch_size: Sequence[int],
                  strides: Sequence[Sequence[int]] = ((2, 2, 2),) * 3, widths: Sequence[int] = (16, 32, 64, 128),
-                 blocks_per_level: Sequence[int] = (1, 1, 1, 1), embed_dim: int = 512, depth: int = 4,
-                 heads: int = 8, ffn_dim: int = 512, dropout: float = 0.1, attn_dropout: float = 0.1,
+                 depths: Sequence[int] = (1, 1, 1, 1), embed_dim: int = 512, transformer_depth: int = 4,
+                 num_heads: int = 8, ffn_dim: int = 512, dropout: float = 0.1, attn_dropout: float = 0.1,
                  deep_supervision: bool = True, conv_op: Type[nn.Module] = nn.Conv3d,
                  transp_op: Type[nn.Module] = nn.ConvTranspose3d,
                  norm_op: Type[nn.Module] | None = nn.InstanceNorm3d, norm_op_kwargs: dict | None = None,
                  nonlin: Type[nn.Module] | None = nn.ReLU, nonlin_kwargs: dict | None = None):
-        super().__init__()
+        super().__init__(deep_supervision, key_to_lpe="bottleneck.transformer.pos_embed")
         strides = tuple(tuple(int(v) for v in s) for s in strides)
-        assert len(strides) == len(widths) - 1, \
-            f"need {len(widths) - 1} strides for {len(widths)} levels, got {len(strides)}"
-        total = stride_product(strides)
-        assert all(p % t == 0 for p, t in zip(patch_size, total)), \
-            f"patch_size {list(patch_size)} must be divisible by the total stride {list(total)}"
+        check_lengths("MISSU", widths, depths=(depths, len(widths)), strides=(strides, len(widths) - 1))
+        total = check_patch_divisible("MISSU", patch_size, strides)
+        if embed_dim % num_heads:
+            raise ValueError(f"MISSU: embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         # our choice: instance norm (nnU-Net's, at its batch size 2) where the paper's TransBTS lineage
         # uses batch norm (at batch 4); ReLU as in the paper
         ops = dict(conv_op=conv_op, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, nonlin=nonlin,
                    nonlin_kwargs=nonlin_kwargs)
-        self.strides = strides
-        self.grid = tuple(p // t for p, t in zip(patch_size, total))
-        self.encoder = MISSUEncoder(input_channels, widths, strides, blocks_per_level, **ops)
-        self.bottleneck = TransformerBottleneck(widths[-1], self.grid, embed_dim, depth, heads, ffn_dim, dropout,
-                                                attn_dropout, **ops)
+        grid = tuple(p // t for p, t in zip(patch_size, total))
+        self.encoder = MISSUEncoder(input_channels, widths, strides, depths, **ops)
+        self.bottleneck = TransformerBottleneck(widths[-1], grid, embed_dim, transformer_depth, num_heads, ffn_dim,
+                                                dropout, attn_dropout, **ops)
         self.decoder = MISSUDecoder(widths, strides, transp_op=transp_op, **ops)
         self.heads = SegmentationHeads(widths[:-1], num_classes, conv_op)
         self.msf = MSFPyramid(widths[:-1], strides[:-1], conv_op=conv_op)
 
-        self.deep_supervision = deep_supervision
         self.deep_supervision_scales = scales_from_strides([(1, 1, 1)] + cumulative_strides(strides[:-1]))
         self.distillation_features: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | None = None
-
-        self.key_to_encoder = "encoder"
-        self.key_to_stem = "encoder.stem"
-        self.keys_to_in_proj = ("encoder.stem.conv",)
-        self.key_to_lpe = "bottleneck.transformer.pos_embed"
         self.apply(self.initialize)
 
     def forward(self, x: torch.Tensor):
@@ -225,31 +214,10 @@ class MISSU(ExtNetwork):
         return out
 
 
-# ---------------------------------------------------------------------------------- from the plan
-def missu_strides_from_plan(spec: PlanSpec, downsamplings: int = 3) -> tuple[Shape, ...]:
-    """MISSU's three down-sampling strides (shallowest first) from an nnU-Net plan.
-
-    Rule (the same as SegResMamba's and SegMamba's): per axis, count the factors of 2 in the plan's
-    total stride (product of nnU-Net's ``pool_op_kernel_sizes``) and hand them out from the deepest
-    down-sampling upwards, at most one (stride 2) per down-sampling; the others get stride 1. So
-    an axis the planner pools less (thick slices, short extent) is strided only in the deepest
-    levels, as nnU-Net does, and nnU-Net's usual 5-6 poolings are capped at MISSU's 2^3 per axis.
-
-    Examples: 128^3 isotropic, total (32, 32, 32) -> 3 x (2, 2, 2); 20x192x160 at 5x0.8x0.8 mm,
-    total (4, 32, 32) -> (1, 2, 2), (2, 2, 2), (2, 2, 2).
-    """
-    return deepest_first_strides(spec.total_stride, downsamplings)
-
-
-def missu_divisor(spec: PlanSpec) -> Shape:
-    """What the patch must be divisible by: the product of :func:`missu_strides_from_plan`."""
-    return stride_product(missu_strides_from_plan(spec))
-
-
 @register_architecture("missu", trainer="MISSUTrainer", title="MISSU",
                        paper="Wang et al., MISSU: 3D Medical Image Segmentation via Self-distilling TransUNet, "
                              "IEEE TMI 2023",
-                       divisor=missu_divisor)
-def build_missu(spec: PlanSpec, input_channels: int, num_classes: int, deep_supervision: bool = True) -> MISSU:
-    return MISSU(input_channels, num_classes, spec.patch_size, strides=missu_strides_from_plan(spec),
-                 deep_supervision=deep_supervision)
+                       downsamplings=3, stride_rule=deepest_first_strides)
+def build_missu(spec: PlanSpec, strides: Strides, input_channels: int, num_classes: int,
+                deep_supervision: bool) -> MISSU:
+    return MISSU(input_channels, num_classes, spec.patch_size, strides, deep_supervision=deep_supervision)

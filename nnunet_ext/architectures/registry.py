@@ -1,8 +1,10 @@
 """A registry of architectures: one decorator registers a builder under a name.
 
 Listing (``nnunet-ext trainers``), building (trainers, ``nnunet-ext summary``, the benchmark)
-and validation all go through it, so adding a network touches only its own module plus one
-import line in :mod:`nnunet_ext.architectures`.
+and plan checking all go through it, so adding a network touches only its own module plus one
+import line in :mod:`nnunet_ext.architectures`. A registration names the network's number of
+down-samplings and its stride rule (:mod:`.plans` explains the rules); the registry derives the
+strides from a :class:`~.plans.PlanSpec` and hands them to the builder.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from typing import Callable
 
 from torch import nn
 
-from nnunet_ext.architectures.plans import PlanSpec, Shape
+from nnunet_ext.architectures.plans import PlanError, PlanSpec, Shape, Strides, stride_product
 
-Builder = Callable[[PlanSpec, int, int, bool], nn.Module]
+#: ``builder(spec, strides, input_channels, num_classes, deep_supervision) -> network``
+Builder = Callable[[PlanSpec, Strides, int, int, bool], nn.Module]
+#: ``rule(spec, downsamplings) -> strides``, one per down-sampling (see :mod:`.plans`)
+StrideRule = Callable[[PlanSpec, int | None], Strides]
 
 
 @dataclass(frozen=True)
@@ -23,36 +28,54 @@ class ArchEntry:
 
     Attributes:
         name: registry key (``unetr_pp``).
-        builder: ``builder(spec, input_channels, num_classes, deep_supervision) -> nn.Module``.
+        make: the registered builder (:data:`Builder`); :meth:`builder` calls it with the strides.
         trainer: name of the nnU-Net trainer that trains it.
         title: human name of the network.
         paper: short citation.
-        divisor: ``divisor(spec) -> (dz, dy, dx)``: what the patch must be divisible by; defaults
-            to the plan's total stride.
+        downsamplings: how many down-samplings the network has (None: as many as the plan).
+        stride_rule: how the plan's total stride is spread over them.
     """
 
     name: str
-    builder: Builder
+    make: Builder
     trainer: str
     title: str
     paper: str
-    divisor: Callable[[PlanSpec], Shape] | None = None
+    downsamplings: int | None
+    stride_rule: StrideRule
 
-    def required_divisor(self, spec: PlanSpec) -> Shape:
-        return tuple(self.divisor(spec)) if self.divisor else spec.total_stride
+    def strides(self, spec: PlanSpec) -> Strides:
+        """The network's down-sampling strides for ``spec``, shallowest first."""
+        return self.stride_rule(spec, self.downsamplings)
+
+    def divisor(self, spec: PlanSpec) -> Shape:
+        """What the patch must be divisible by: the network's total stride."""
+        return stride_product(self.strides(spec))
+
+    def builder(self, spec: PlanSpec, input_channels: int, num_classes: int,
+                deep_supervision: bool = True) -> nn.Module:
+        """Build the network for ``spec`` without checking it (:func:`check_plan` and
+        :func:`build_network` check first)."""
+        return self.make(spec, self.strides(spec), int(input_channels), int(num_classes), bool(deep_supervision))
+
+    def check(self, spec: PlanSpec) -> None:
+        """Raise :class:`PlanError` (naming the axis and valid sizes) if the patch is not divisible
+        by the network's total stride."""
+        spec.check_divisible(self.divisor(spec), self.title)
 
 
 _REGISTRY: dict[str, ArchEntry] = {}
 
 
-def register_architecture(name: str, *, trainer: str, title: str, paper: str,
-                          divisor: Callable[[PlanSpec], Shape] | None = None):
-    """Decorator: register ``builder(spec, input_channels, num_classes, deep_supervision)``."""
+def register_architecture(name: str, *, trainer: str, title: str, paper: str, downsamplings: int | None,
+                          stride_rule: StrideRule):
+    """Decorator: register ``builder(spec, strides, input_channels, num_classes, deep_supervision)``,
+    whose ``strides`` are ``stride_rule(spec, downsamplings)``."""
 
     def deco(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"architecture '{name}' is registered twice")
-        _REGISTRY[name] = ArchEntry(name, builder, trainer, title, paper, divisor)
+        _REGISTRY[name] = ArchEntry(name, builder, trainer, title, paper, downsamplings, stride_rule)
         return builder
 
     return deco
@@ -69,9 +92,32 @@ def get_architecture(name: str) -> ArchEntry:
         raise KeyError(f"unknown architecture '{name}'; known: {', '.join(available_architectures())}") from None
 
 
+def check_plan(name: str, configuration_manager, plans_manager=None, configuration: str | None = None) -> PlanSpec:
+    """The :class:`PlanSpec` of an nnU-Net configuration, checked once for architecture ``name``.
+
+    Raises:
+        PlanError: a 2D configuration (the message names the plans' 3D configurations), or a patch
+            the network's total stride does not divide (the message names the axis and valid sizes).
+    """
+    entry = get_architecture(name)
+    cm = configuration_manager
+    patch = list(cm.patch_size)
+    if len(patch) != 3:
+        label = configuration or cm.configuration.get("data_identifier", "this configuration")
+        options = [c for c in (plans_manager.available_configurations if plans_manager else ())
+                   if len(plans_manager.get_configuration(c).patch_size) == 3]
+        raise PlanError(
+            f"{entry.trainer} trains a 3D network ({entry.title}), but configuration '{label}' is 2D (patch "
+            f"{patch}). Use a 3D configuration of these plans: "
+            f"{', '.join(options or ['3d_fullres (run nnUNetv2_plan_and_preprocess -c 3d_fullres)'])}.")
+    spec = PlanSpec.from_configuration(cm, configuration)
+    entry.check(spec)
+    return spec
+
+
 def build_network(name: str, spec: PlanSpec, input_channels: int, num_classes: int,
                   deep_supervision: bool = True) -> nn.Module:
-    """Validate ``spec`` for architecture ``name`` and build it.
+    """Check ``spec`` for architecture ``name`` and build it.
 
     Raises:
         PlanError: the patch is not divisible by the network's total stride (message names the
@@ -79,5 +125,5 @@ def build_network(name: str, spec: PlanSpec, input_channels: int, num_classes: i
         KeyError: unknown architecture (message lists the known ones).
     """
     entry = get_architecture(name)
-    spec.check_divisible(entry.required_divisor(spec), entry.title)
-    return entry.builder(spec, int(input_channels), int(num_classes), bool(deep_supervision))
+    entry.check(spec)
+    return entry.builder(spec, input_channels, num_classes, deep_supervision)

@@ -17,30 +17,12 @@ Network (top-down, as in the paper's figure):
   we add 1^3 heads on the up-block outputs after the first 1, 2 and 3 down-samplings (1/2, 1/4,
   1/8 at the paper's strides; our choice, +2.7 k parameters at 4 classes). The full-resolution
   head is the paper's output conv.
-- Parity (4 -> 4 channels, 128^3): 67.44 M parameters, 1.47 TMACs; the public code has 67.42 M
-  (67 416 196): the difference is our affine InstanceNorms (19.9 k), the TSMamba MLPs' LayerNorms
-  (1.4 k) and the three extra heads (2.7 k).
-
-Down-sampling strides from the plan (SegMamba always down-samples 4 times: the stem + 3):
-
-- Per axis a, let k_a be the number of factors 2 in the plan's total stride (the product of
-  nnU-Net's ``pool_op_kernel_sizes``) and m_a = min(k_a, 4); let K = max_a m_a.
-- The stem strides every axis with m_a >= 1 by 2: the paper's stem always embeds with stride 2,
-  and a TSMamba stage at full resolution would scan 8x the tokens.
-- Only down-samplings 0..K-1 stride; an axis's other m_a - 1 factors go to the deepest of them
-  (:func:`~nnunet_ext.architectures.plans.stem_first_strides`). Down-samplings K..3 have stride 1.
-- So an isotropic plan with >= 4 poolings gives the paper's (2, 2, 2) x 4. A plan with fewer
-  poolings keeps the paper's halving as the widths double for as long as it pools, and its
-  deepest stages share the plan's coarsest resolution (where nnU-Net's own bottleneck is) rather
-  than leaving the wider stages at high resolution: our choice, because each stage is twice as
-  wide as the one before (about 4x the convolution work per voxel). An anisotropic axis (thick slices, pooled late by nnU-Net, e.g.
-  28 x 256 x 256 with in-plane-only early strides) is strided by the stem and otherwise only at
-  the deepest down-samplings, as nnU-Net does.
-- The network's total stride is the per-axis product 2^m_a (:func:`segmamba_divisor`), which
-  divides the plan's total stride, so every patch nnU-Net plans is valid.
-- The stem's kernel is 7 (padding 3) along strided axes and 1 along axes it does not stride (the
-  plan never pools them; our choice: along such an axis there is no patch to embed, and the GSC's
-  3^3 convolutions right after it provide the local context).
+- Parity: the public code at 4 -> 4 channels has 67.42 M parameters (67 416 196); ours adds our
+  affine InstanceNorms, the TSMamba MLPs' LayerNorms and the three extra heads.
+- Strides from a plan: :func:`~nnunet_ext.architectures.plans.stem_first_strides` with the
+  stem and 3 down-samplings. The stem's kernel is 7 (padding 3) along strided axes and 1 along
+  axes it does not stride (the plan never pools them; our choice: along such an axis there is no
+  patch to embed, and the GSC's 3^3 convolutions right after it provide the local context).
 """
 
 from __future__ import annotations
@@ -50,70 +32,37 @@ from typing import Sequence, Type
 import torch
 from torch import nn
 
-from nnunet_ext.architectures.base import ExtNetwork, scales_from_strides
-from nnunet_ext.architectures.plans import PlanSpec, Shape, cumulative_strides, stem_first_strides, stride_product
+from nnunet_ext.architectures.base import ExtNetwork, StagedEncoder, check_lengths, scales_from_strides
+from nnunet_ext.architectures.plans import PlanSpec, Strides, cumulative_strides, stem_first_strides
 from nnunet_ext.architectures.registry import register_architecture
 from nnunet_ext.blocks.conv import ConvNormAct, ResidualBlock, SegmentationHeads, UpsampleBlock
 from nnunet_ext.blocks.gsc import TSMambaBlock
 
-#: SegMamba's number of down-samplings (stem + 3 between the 4 stages)
-NUM_DOWNSAMPLINGS = 4
-
-
-# ---------------------------------------------------------------------------- sizes from the plan
-def segmamba_strides(spec: PlanSpec, num_downsamplings: int = NUM_DOWNSAMPLINGS) -> list[Shape]:
-    """Strides of the stem and the 3 inter-stage down-samplings from the plan (rule in the module
-    docstring): per axis, min(factors of 2 in the plan's total stride, 4) strides of 2, the first at
-    the stem, the rest at the deepest of the down-samplings the plan needs.
-
-    ``PlanSpec.from_patch((28, 256, 256), spacing=(3, 0.8, 0.8))`` -> [(2,2,2), (1,2,2), (1,2,2), (2,2,2)];
-    ``PlanSpec.from_patch((40, 48, 40), spacing=(4, 4, 4))`` -> [(2,2,2), (2,2,2), (2,2,2), (1,1,1)].
-    """
-    return list(stem_first_strides(spec.total_stride, num_downsamplings))
-
-
-def segmamba_divisor(spec: PlanSpec) -> Shape:
-    """What the patch must be divisible by: the per-axis product of :func:`segmamba_strides`."""
-    return stride_product(segmamba_strides(spec))
-
-
 
 # ---------------------------------------------------------------------------- encoder
-class SegMambaEncoder(nn.Module):
+class SegMambaEncoder(StagedEncoder):
     """Stem + 4 TSMamba stages: (B, C_in, Z, Y, X) -> [stage outputs], stage i of shape
-    (B, features[i], Z / S_i, Y / S_i, X / S_i) with S_i the cumulative stride up to stage i."""
+    (B, widths[i], Z / S_i, Y / S_i, X / S_i) with S_i the cumulative stride up to stage i."""
 
-    def __init__(self, input_channels: int, strides: Sequence[Sequence[int]], features: Sequence[int],
+    def __init__(self, input_channels: int, strides: Sequence[Sequence[int]], widths: Sequence[int],
                  depths: Sequence[int], stem_kernel: int, d_state: int, d_conv: int, expand: int,
                  mlp_ratio: int, conv_op: Type[nn.Module], norm_op: Type[nn.Module] | None,
                  norm_op_kwargs: dict | None, gsc_kwargs: dict):
         super().__init__()
-        if not (len(strides) == len(features) == len(depths)):
-            raise ValueError(f"strides, features and depths need one entry per stage, got {len(strides)}, "
-                             f"{len(features)}, {len(depths)}")
-        self.strides = [tuple(s) for s in strides]
-        self.features = list(features)
+        self.strides = tuple(tuple(int(v) for v in s) for s in strides)
+        self.widths = tuple(int(w) for w in widths)
         stem_k = tuple(stem_kernel if s > 1 else 1 for s in self.strides[0])
         # the public code's stem is a plain conv (no norm, no activation)
-        self.stem = ConvNormAct(input_channels, features[0], stem_k, self.strides[0], conv_op=conv_op,
+        self.stem = ConvNormAct(input_channels, widths[0], stem_k, self.strides[0], conv_op=conv_op,
                                 norm_op=None, nonlin=None, bias=True, padding=tuple(k // 2 for k in stem_k))
         # norm -> conv (kernel = stride), as in the public code
         self.downsamples = nn.ModuleList(
-            ConvNormAct(features[i - 1], features[i], s, s, conv_op=conv_op, norm_op=norm_op,
+            ConvNormAct(widths[i - 1], widths[i], s, s, conv_op=conv_op, norm_op=norm_op,
                         norm_op_kwargs=norm_op_kwargs, nonlin=None, bias=True, pre_norm=True, padding=0)
             for i, s in enumerate(self.strides[1:], start=1))
         self.stages = nn.ModuleList(
-            TSMambaBlock(f, d, mlp_ratio, d_state, d_conv, expand, conv_op=conv_op, gsc_kwargs=gsc_kwargs)
-            for f, d in zip(features, depths))
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        skips = []
-        x = self.stages[0](self.stem(x))
-        skips.append(x)
-        for down, stage in zip(self.downsamples, self.stages[1:]):
-            x = stage(down(x))
-            skips.append(x)
-        return skips
+            TSMambaBlock(w, d, mlp_ratio, d_state, d_conv, expand, conv_op=conv_op, gsc_kwargs=gsc_kwargs)
+            for w, d in zip(widths, depths))
 
 
 # ---------------------------------------------------------------------------- decoder
@@ -129,8 +78,8 @@ class SegMambaDecoder(nn.Module):
                  conv_op: Type[nn.Module], transp_op: Type[nn.Module], norm_op: Type[nn.Module] | None,
                  norm_op_kwargs: dict | None, nonlin: Type[nn.Module] | None, nonlin_kwargs: dict | None):
         super().__init__()
-        f = encoder.features
-        widths = [f[0], *f[1:], hidden_size]  # decoder width per scale: full, 1/S_0, ..., bottleneck
+        f = encoder.widths
+        widths = [*f, hidden_size]  # decoder width per scale: full, 1/S_0, ..., bottleneck
         res = dict(conv_op=conv_op, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, nonlin=nonlin,
                    nonlin_kwargs=nonlin_kwargs)
         self.input_block = ResidualBlock(input_channels, widths[0], 3, **res)
@@ -164,8 +113,9 @@ class SegMamba(ExtNetwork):
     Args:
         input_channels: C_in.
         num_classes: K.
-        strides: stride of the stem and of the 3 down-samplings (see :func:`segmamba_strides`).
-        features: stage widths (paper: 48, 96, 192, 384).
+        strides: one per stage: the stem's, then the down-sampling into each further stage
+            (paper: 4 x (2, 2, 2)).
+        widths: stage widths (paper: 48, 96, 192, 384).
         depths: Mamba layers per stage (paper: 2, 2, 2, 2).
         hidden_size: width of the bottleneck residual block (public code: 768).
         stem_kernel: stem kernel along strided axes (paper: 7).
@@ -181,8 +131,8 @@ class SegMamba(ExtNetwork):
     """
 
     def __init__(self, input_channels: int, num_classes: int,
-                 strides: Sequence[Sequence[int]] = ((2, 2, 2),) * NUM_DOWNSAMPLINGS,
-                 features: Sequence[int] = (48, 96, 192, 384),  # paper: feature sizes of the 4 stages
+                 strides: Sequence[Sequence[int]] = ((2, 2, 2),) * 4,  # paper: stem + 3, stride 2 each
+                 widths: Sequence[int] = (48, 96, 192, 384),  # paper: feature sizes of the 4 stages
                  depths: Sequence[int] = (2, 2, 2, 2),  # paper: TSMamba depth per stage
                  hidden_size: int = 768,  # public code: bottleneck block 384 -> 768
                  stem_kernel: int = 7,  # paper: 7x7x7 stem, stride 2, padding 3
@@ -195,23 +145,18 @@ class SegMamba(ExtNetwork):
                  norm_op: Type[nn.Module] | None = nn.InstanceNorm3d, norm_op_kwargs: dict | None = None,
                  nonlin: Type[nn.Module] | None = nn.LeakyReLU, nonlin_kwargs: dict | None = None,
                  gsc_nonlin: Type[nn.Module] | None = nn.ReLU):
-        super().__init__()
-        if len(strides) != len(features):
-            raise ValueError(f"strides needs one entry per stage ({len(features)}), got {len(strides)}")
+        # every module that reads the raw input: the stem and the decoder's full-resolution block
+        super().__init__(deep_supervision, keys_to_in_proj=("encoder.stem.conv", "decoder.input_block.conv1.conv",
+                                                            "decoder.input_block.skip.conv"))
+        check_lengths("SegMamba", widths, strides=(strides, len(widths)), depths=(depths, len(widths)))
         gsc_kwargs = dict(gate=gsc_gate, spatial_convs=gsc_spatial_convs, norm_op=norm_op,
                           norm_op_kwargs=norm_op_kwargs, nonlin=gsc_nonlin)
-        self.encoder = SegMambaEncoder(input_channels, strides, features, depths, stem_kernel, d_state, d_conv,
+        self.encoder = SegMambaEncoder(input_channels, strides, widths, depths, stem_kernel, d_state, d_conv,
                                        expand, mlp_ratio, conv_op, norm_op, norm_op_kwargs, gsc_kwargs)
         self.decoder = SegMambaDecoder(self.encoder, input_channels, num_classes, hidden_size, conv_op, transp_op,
                                        norm_op, norm_op_kwargs, nonlin, nonlin_kwargs)
-        self.deep_supervision = deep_supervision
         # outputs at scale 0 (full) and the cumulative strides of the first 3 down-samplings
-        self.deep_supervision_scales = scales_from_strides([(1, 1, 1)] + cumulative_strides(strides)[:len(features) - 1])
-        self.key_to_encoder = "encoder"
-        self.key_to_stem = "encoder.stem"
-        # every module that reads the raw input
-        self.keys_to_in_proj = ("encoder.stem.conv", "decoder.input_block.conv1.conv",
-                                "decoder.input_block.skip.conv")
+        self.deep_supervision_scales = scales_from_strides([(1, 1, 1)] + cumulative_strides(strides)[:len(widths) - 1])
         self.apply(self.initialize)
 
     def forward(self, x: torch.Tensor):
@@ -222,9 +167,7 @@ class SegMamba(ExtNetwork):
     "segmamba", trainer="SegMambaTrainer", title="SegMamba",
     paper="Xing et al., SegMamba: Long-range Sequential Modeling Mamba for 3D Medical Image Segmentation, "
           "MICCAI 2024",
-    divisor=segmamba_divisor)
-def build_segmamba(spec: PlanSpec, input_channels: int, num_classes: int, deep_supervision: bool = True,
-                   **kwargs) -> SegMamba:
-    """SegMamba at the paper's sizes with the down-sampling strides derived from ``spec``."""
-    return SegMamba(input_channels, num_classes, strides=segmamba_strides(spec),
-                    deep_supervision=deep_supervision, **kwargs)
+    downsamplings=4, stride_rule=stem_first_strides)
+def build_segmamba(spec: PlanSpec, strides: Strides, input_channels: int, num_classes: int,
+                   deep_supervision: bool) -> SegMamba:
+    return SegMamba(input_channels, num_classes, strides, deep_supervision=deep_supervision)

@@ -5,9 +5,9 @@ Reads top-down: a SegResNet-style residual encoder (a conv stem, four
 levels of pre-activation residual blocks with stride-2 convs between them) whose coarser levels
 use *convolution-Mamba mixed blocks* (a residual conv block, then z <- z + ToM(LN(z)) with
 SegMamba's tri-oriented Mamba); a SegResNet decoder (1x1x1 conv halving the channels, upsampling,
-*add* the skip, residual blocks); norm -> ReLU -> 1x1x1 heads at the three decoder scales; and
-the rule mapping an nnU-Net plan onto the three down-sampling strides
-(:func:`segresmamba_strides_from_plan`).
+*add* the skip, residual blocks); norm -> ReLU -> 1x1x1 heads at the three decoder scales. From a
+plan, the three down-sampling strides follow
+:func:`~nnunet_ext.architectures.plans.deepest_first_strides`.
 
 Only the paper's summary is available to us and its released code contains no Mamba; the
 choices made where it is silent are named arguments of :class:`SegResMamba`, each explained once.
@@ -20,8 +20,8 @@ from typing import Sequence, Type
 import torch
 from torch import nn
 
-from nnunet_ext.architectures.base import EncoderDecoderNetwork, scales_from_strides
-from nnunet_ext.architectures.plans import PlanSpec, Shape, cumulative_strides, deepest_first_strides, stride_product
+from nnunet_ext.architectures.base import ExtNetwork, StagedEncoder, check_lengths, scales_from_strides
+from nnunet_ext.architectures.plans import PlanSpec, Strides, cumulative_strides, deepest_first_strides
 from nnunet_ext.architectures.registry import register_architecture
 from nnunet_ext.blocks.conv import ConvNormAct, ResidualBlock, SegmentationHeads, UpsampleBlock
 from nnunet_ext.blocks.mamba import MambaLayer
@@ -41,7 +41,7 @@ class ConvMambaBlock(nn.Module):
         return self.mamba(self.conv(x))
 
 
-class SegResMambaEncoder(nn.Module):
+class SegResMambaEncoder(StagedEncoder):
     """Conv stem, then per level (stride-2 conv3 down-sampling from level 1 on) residual blocks,
     mixed conv-Mamba blocks at ``mamba_levels`` (SegResMamba's encoder).
 
@@ -50,7 +50,7 @@ class SegResMambaEncoder(nn.Module):
     """
 
     def __init__(self, input_channels: int, widths: Sequence[int], strides: Sequence[Sequence[int]],
-                 blocks: Sequence[int], mamba_levels: Sequence[int], conv_kwargs: dict, mamba_kwargs: dict):
+                 depths: Sequence[int], mamba_levels: Sequence[int], conv_kwargs: dict, mamba_kwargs: dict):
         super().__init__()
         self.widths = tuple(int(w) for w in widths)
         self.strides = tuple(tuple(int(v) for v in s) for s in strides)
@@ -66,16 +66,8 @@ class SegResMambaEncoder(nn.Module):
         self.stages = nn.ModuleList(
             nn.Sequential(*(ConvMambaBlock(w, conv_kwargs, mamba_kwargs) if i in self.mamba_levels
                             else ResidualBlock(w, w, 3, pre_norm=True, **conv_kwargs)
-                            for _ in range(blocks[i])))
+                            for _ in range(depths[i])))
             for i, w in enumerate(self.widths))
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        h = self.stages[0](self.stem(x))
-        skips = [h]
-        for down, stage in zip(self.downsamples, self.stages[1:]):
-            h = stage(down(h))
-            skips.append(h)
-        return skips
 
 
 class SegResMambaDecoder(nn.Module):
@@ -83,15 +75,15 @@ class SegResMambaDecoder(nn.Module):
     ``x = Blocks(Upsample(Conv1x1(x)) + skip)`` (the 1x1x1 conv halves the channels, the
     upsampling restores the level's stride); norm -> ReLU -> 1x1x1 heads.
 
-    ``forward(skips)`` returns (B, K, Z, Y, X) logits, or with ``deep_supervision`` a list of
-    ``len(widths) - 1`` logits at the resolutions of encoder levels 0, 1, ... (highest first).
+    ``forward(skips, deep_supervision)`` returns (B, K, Z, Y, X) logits, or with
+    ``deep_supervision`` a list of ``len(widths) - 1`` logits at the resolutions of encoder levels
+    0, 1, ... (highest first).
     """
 
-    def __init__(self, encoder: SegResMambaEncoder, num_classes: int, blocks: Sequence[int], upsample_mode: str,
-                 conv_kwargs: dict, deep_supervision: bool):
+    def __init__(self, encoder: SegResMambaEncoder, num_classes: int, depths: Sequence[int], upsample_mode: str,
+                 conv_kwargs: dict):
         super().__init__()
         w, n = encoder.widths, len(encoder.widths)
-        self.deep_supervision = deep_supervision
         order = list(range(n - 2, -1, -1))  # decoder levels, deepest first
 
         def up(i: int) -> nn.Sequential:
@@ -103,39 +95,39 @@ class SegResMambaDecoder(nn.Module):
                                                     align_corners=False))
 
         self.ups = nn.ModuleList(up(i) for i in order)
-        # blocks[k] counts the up blocks of the k-th decoder level, deepest first (SegResNet's blocks_up)
+        # depths[k] counts the blocks of the k-th decoder level, deepest first (SegResNet's blocks_up)
         self.stages = nn.ModuleList(
-            nn.Sequential(*(ResidualBlock(w[i], w[i], 3, pre_norm=True, **conv_kwargs) for _ in range(blocks[k])))
+            nn.Sequential(*(ResidualBlock(w[i], w[i], 3, pre_norm=True, **conv_kwargs) for _ in range(depths[k])))
             for k, i in enumerate(order))
         self.heads = SegmentationHeads(w[:n - 1], num_classes, norm_op=conv_kwargs["norm_op"],
                                        norm_op_kwargs=conv_kwargs["norm_op_kwargs"], nonlin=conv_kwargs["nonlin"],
                                        nonlin_kwargs=conv_kwargs["nonlin_kwargs"])
         self.output_strides = encoder.level_strides[:n - 1]
 
-    def forward(self, skips: Sequence[torch.Tensor]):
+    def forward(self, skips: Sequence[torch.Tensor], deep_supervision: bool):
         x, features = skips[-1], []
         for up, stage, skip in zip(self.ups, self.stages, reversed(skips[:-1])):
             x = stage(up(x) + skip)
             features.append(x)
-        return self.heads(features[::-1], self.deep_supervision)  # highest resolution first
+        return self.heads(features[::-1], deep_supervision)  # highest resolution first
 
 
-class SegResMamba(EncoderDecoderNetwork):
+class SegResMamba(ExtNetwork):
     """SegResMamba: (B, C_in, Z, Y, X) -> (B, K, Z, Y, X) logits, or with deep supervision a list
-    of ``len(blocks_down) - 1`` logits at strides 1, strides[0], strides[0] * strides[1], ...
+    of ``len(widths) - 1`` logits at strides 1, strides[0], strides[0] * strides[1], ...
     (highest resolution first).
 
-    Defaults are SegResNet's (Myronenko, BrainLes 2018; the paper builds on it): init 16 filters
+    Defaults are SegResNet's (Myronenko, BrainLes 2018; the paper builds on it): 16 channels
     doubling per level, (1, 2, 2, 4) blocks down, (1, 1, 1) up, GroupNorm(8), ReLU.
 
     Args:
         input_channels: C_in.
         num_classes: K.
-        strides: stride of each down-sampling conv, shallowest first (paper: 3 x (2, 2, 2)); from a
-            plan see :func:`segresmamba_strides_from_plan`.
-        init_filters: channels of level 0; level i has ``init_filters * 2**i``.
-        blocks_down: residual (or mixed) blocks per encoder level.
-        blocks_up: residual blocks per decoder level, deepest first.
+        strides: stride of each down-sampling conv between levels, shallowest first (paper:
+            3 x (2, 2, 2)); the stem does not down-sample.
+        widths: channels per encoder level (SegResNet: init_filters 16, doubling).
+        depths: residual (or mixed) blocks per encoder level (SegResNet's blocks_down).
+        decoder_depths: residual blocks per decoder level, deepest first (SegResNet's blocks_up).
         mamba_levels: encoder levels whose blocks are all convolution-Mamba mixed blocks (so
             (1, 2, 3) gives 2 + 2 + 4 = 8 ToM layers). Our choice (the summary does not say): the
             three coarser levels. ToM at full resolution (Z*Y*X
@@ -146,84 +138,56 @@ class SegResMamba(EncoderDecoderNetwork):
             (transposed conv, kernel = stride).
         d_state, d_conv, expand: ToM's Mamba sizes (SegMamba's: 16, 4, 2).
         norm_op, norm_op_kwargs: norm of the residual blocks and heads (GroupNorm; without
-            ``num_groups`` in the kwargs it gets min(8, C) groups, SegResNet's 8).
+            ``num_groups`` in the kwargs it gets min(8, widths[0]) groups, SegResNet's 8).
         nonlin, nonlin_kwargs: activation (ReLU, in place).
         deep_supervision: return the list of outputs.
     """
 
     def __init__(self, input_channels: int, num_classes: int,
                  strides: Sequence[Sequence[int]] = ((2, 2, 2), (2, 2, 2), (2, 2, 2)),
-                 init_filters: int = 16, blocks_down: Sequence[int] = (1, 2, 2, 4),
-                 blocks_up: Sequence[int] = (1, 1, 1), mamba_levels: Sequence[int] = (1, 2, 3),
+                 widths: Sequence[int] = (16, 32, 64, 128), depths: Sequence[int] = (1, 2, 2, 4),
+                 decoder_depths: Sequence[int] = (1, 1, 1), mamba_levels: Sequence[int] = (1, 2, 3),
                  upsample_mode: str = "nontrainable", d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  norm_op: Type[nn.Module] = nn.GroupNorm, norm_op_kwargs: dict | None = None,
                  nonlin: Type[nn.Module] = nn.ReLU, nonlin_kwargs: dict | None = None,
                  deep_supervision: bool = True):
-        super().__init__()
-        n = len(blocks_down)
+        super().__init__(deep_supervision)
+        n = len(widths)
         strides = tuple(tuple(int(v) for v in s) for s in strides)
         if n < 2:
-            raise ValueError(f"SegResMamba: blocks_down needs at least 2 levels, got {list(blocks_down)}")
-        for name, value in (("strides", strides), ("blocks_up", blocks_up)):
-            if len(value) != n - 1:
-                raise ValueError(f"SegResMamba: {name} must have {n - 1} entries for {n} levels "
-                                 f"(blocks_down {list(blocks_down)}), got {list(value)}")
+            raise ValueError(f"SegResMamba: widths needs at least 2 levels, got {list(widths)}")
+        check_lengths("SegResMamba", widths, depths=(depths, n), strides=(strides, n - 1),
+                      decoder_depths=(decoder_depths, n - 1))
         if any(len(s) != 3 for s in strides):
             raise ValueError(f"SegResMamba: each stride needs 3 entries (z, y, x), got {[list(s) for s in strides]}")
-        if any(b < 1 for b in (*blocks_down, *blocks_up)):
-            raise ValueError(f"SegResMamba: every level needs at least one block, got blocks_down "
-                             f"{list(blocks_down)}, blocks_up {list(blocks_up)}")
+        if any(b < 1 for b in (*depths, *decoder_depths)):
+            raise ValueError(f"SegResMamba: every level needs at least one block, got depths "
+                             f"{list(depths)}, decoder_depths {list(decoder_depths)}")
         if any(not 0 <= int(i) < n for i in mamba_levels):
             raise ValueError(f"SegResMamba: mamba_levels must be encoder levels in 0..{n - 1}, "
                              f"got {list(mamba_levels)}")
         if upsample_mode not in ("nontrainable", "deconv"):
             raise ValueError(f"SegResMamba: upsample_mode must be 'nontrainable' or 'deconv', got '{upsample_mode}'")
-        widths = [init_filters * 2 ** i for i in range(n)]
-        groups = (norm_op_kwargs or {}).get("num_groups", min(8, init_filters)) if norm_op is nn.GroupNorm else 1
-        if init_filters % groups:
-            raise ValueError(f"SegResMamba: init_filters ({init_filters}) must be divisible by GroupNorm's "
+        groups = (norm_op_kwargs or {}).get("num_groups", min(8, widths[0])) if norm_op is nn.GroupNorm else 1
+        if any(w % groups for w in widths):
+            raise ValueError(f"SegResMamba: every width {list(widths)} must be divisible by GroupNorm's "
                              f"num_groups ({groups})")
 
         conv_kwargs = dict(norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, nonlin=nonlin,
                            nonlin_kwargs={"inplace": True} if nonlin_kwargs is None else nonlin_kwargs, bias=False)
         mamba_kwargs = dict(d_state=d_state, d_conv=d_conv, expand=expand)
-        self.encoder = SegResMambaEncoder(input_channels, widths, strides, blocks_down, mamba_levels, conv_kwargs,
+        self.encoder = SegResMambaEncoder(input_channels, widths, strides, depths, mamba_levels, conv_kwargs,
                                           mamba_kwargs)
-        self.decoder = SegResMambaDecoder(self.encoder, num_classes, blocks_up, upsample_mode, conv_kwargs,
-                                          deep_supervision)
+        self.decoder = SegResMambaDecoder(self.encoder, num_classes, decoder_depths, upsample_mode, conv_kwargs)
         self.deep_supervision_scales = scales_from_strides(self.decoder.output_strides)
-        self.key_to_encoder = "encoder"
-        self.key_to_stem = "encoder.stem"
-        self.keys_to_in_proj = ("encoder.stem.conv",)
         # convs get nnU-Net's He init; ToM's Linears and SSM parameters keep the Mamba block's own
         self.apply(self.initialize)
-
-
-def segresmamba_strides_from_plan(spec: PlanSpec, downsamplings: int = 3) -> tuple[Shape, ...]:
-    """SegResMamba's down-sampling strides (shallowest first) from an nnU-Net plan.
-
-    Mapping rule. Per axis, count the factors of 2 in the plan's total stride (the product of
-    nnU-Net's ``pool_op_kernel_sizes``) and hand them out from the deepest down-sampling upwards,
-    at most one (stride 2) per down-sampling; the rest get stride 1. So an axis the planner pools
-    less (coarse spacing, short extent) is pooled only in the deepest levels, as nnU-Net does, and
-    a plan deeper than SegResMamba's three down-samplings is capped at 2**3 per axis.
-
-    Examples: 128^3 isotropic, total (32, 32, 32) -> 3 x (2, 2, 2); 20x160x160 at 5x0.8x0.8 mm,
-    total (4, 32, 32) -> (1, 2, 2), (2, 2, 2), (2, 2, 2).
-    """
-    return deepest_first_strides(spec.total_stride, downsamplings)
-
-
-def segresmamba_divisor(spec: PlanSpec) -> Shape:
-    """What the patch must be divisible by: the product of :func:`segresmamba_strides_from_plan`."""
-    return stride_product(segresmamba_strides_from_plan(spec))
 
 
 @register_architecture("segresmamba", trainer="SegResMambaTrainer", title="SegResMamba",
                        paper="Das et al., SegResMamba: An Efficient Architecture for 3D Medical Image "
                              "Segmentation, MIDL 2025",
-                       divisor=segresmamba_divisor)
-def build_segresmamba(spec: PlanSpec, input_channels: int, num_classes: int,
-                      deep_supervision: bool = True) -> SegResMamba:
-    return SegResMamba(input_channels, num_classes, strides=segresmamba_strides_from_plan(spec),
-                       deep_supervision=deep_supervision)
+                       downsamplings=3, stride_rule=deepest_first_strides)
+def build_segresmamba(spec: PlanSpec, strides: Strides, input_channels: int, num_classes: int,
+                      deep_supervision: bool) -> SegResMamba:
+    return SegResMamba(input_channels, num_classes, strides, deep_supervision=deep_supervision)

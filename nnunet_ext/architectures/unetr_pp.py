@@ -4,8 +4,8 @@ Segmentation", IEEE TMI 2024), sized from nnU-Net's plans.
 Reads like the paper's Fig. 1, top-down: the encoder (a patch-embedding stem, then four stages of
 EPA blocks with stride-2 convs between them, plus a residual conv block on the raw input for the
 full-resolution skip), the decoder (transposed conv, *add* the skip, EPA blocks; the last,
-full-resolution stage a residual conv block), deep-supervision heads at three scales, and the
-rule that maps an nnU-Net plan onto the stem and the inner strides (:func:`unetr_pp_kwargs_from_plan`).
+full-resolution stage a residual conv block) and deep-supervision heads at three scales. From a
+plan, the stem and inner strides follow :func:`~nnunet_ext.architectures.plans.stem_remainder_strides`.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from typing import Sequence, Type
 import torch
 from torch import nn
 
-from nnunet_ext.architectures.base import EncoderDecoderNetwork, ExtNetwork, scales_from_strides
-from nnunet_ext.architectures.plans import PlanSpec, Shape
+from nnunet_ext.architectures.base import (ExtNetwork, StagedEncoder, check_lengths, check_patch_divisible,
+                                           scales_from_strides)
+from nnunet_ext.architectures.plans import PlanSpec, Strides, cumulative_strides, stem_remainder_strides
 from nnunet_ext.architectures.registry import register_architecture
 from nnunet_ext.blocks.conv import ConvNormAct, ResidualBlock, SegmentationHeads, UpsampleBlock
 from nnunet_ext.blocks.epa import EPABlock
-
-
-def _mul(a: Sequence[int], b: Sequence[int]) -> Shape:
-    return tuple(int(x) * int(y) for x, y in zip(a, b))
 
 
 def _down_conv(in_channels: int, out_channels: int, stride: Sequence[int]) -> ConvNormAct:
@@ -39,47 +36,36 @@ def _down_conv(in_channels: int, out_channels: int, stride: Sequence[int]) -> Co
                        nonlin=None)
 
 
-class UNETRPPEncoder(nn.Module):
+class UNETRPPEncoder(StagedEncoder):
     """Stem + EPA stages, and the residual conv block on the raw input (UNETR++, Fig. 1 left).
 
     ``forward(x)`` with x (B, C_in, Z, Y, X) returns the skips, highest resolution first:
     ``[(B, feature_size, Z, Y, X), (B, widths[0], *sizes[0]), ..., (B, widths[-1], *sizes[-1])]``
-    where ``sizes[i] = patch_size / (stem_stride * strides[0] * ... * strides[i-1])``.
+    where ``sizes[i] = patch_size / (strides[0] * ... * strides[i])``.
     """
 
-    def __init__(self, input_channels: int, patch_size: Sequence[int], stem_stride: Sequence[int],
-                 strides: Sequence[Sequence[int]], widths: Sequence[int], depths: Sequence[int],
-                 proj_sizes: Sequence[int], feature_size: int, norm_op: Type[nn.Module], nonlin: Type[nn.Module],
-                 epa_kwargs: dict):
+    def __init__(self, input_channels: int, patch_size: Sequence[int], strides: Sequence[Sequence[int]],
+                 widths: Sequence[int], depths: Sequence[int], proj_sizes: Sequence[int], feature_size: int,
+                 norm_op: Type[nn.Module], nonlin: Type[nn.Module], epa_kwargs: dict):
         super().__init__()
-        self.patch_size = tuple(int(p) for p in patch_size)
-        self.stem_stride = tuple(int(s) for s in stem_stride)
         self.strides = tuple(tuple(int(v) for v in s) for s in strides)
         self.widths = tuple(int(w) for w in widths)
         self.feature_size = int(feature_size)
         # cumulative stride of each stage, and its feature-map size (fixes the token count N)
-        cumulative = [self.stem_stride]
-        for s in self.strides:
-            cumulative.append(_mul(cumulative[-1], s))
-        self.stage_strides = tuple(cumulative)
-        self.stage_sizes = tuple(tuple(p // c for p, c in zip(self.patch_size, cs)) for cs in cumulative)
+        self.stage_strides = tuple(cumulative_strides(self.strides))
+        self.stage_sizes = tuple(tuple(int(p) // c for p, c in zip(patch_size, cs)) for cs in self.stage_strides)
 
         self.input_block = ResidualBlock(input_channels, feature_size, 3, norm_op=norm_op, nonlin=nonlin, bias=False)
-        self.stem = _down_conv(input_channels, widths[0], self.stem_stride)
-        self.downsamples = nn.ModuleList(_down_conv(widths[i], widths[i + 1], s) for i, s in enumerate(self.strides))
+        self.stem = _down_conv(input_channels, widths[0], self.strides[0])
+        self.downsamples = nn.ModuleList(_down_conv(widths[i], widths[i + 1], s)
+                                         for i, s in enumerate(self.strides[1:]))
         self.stages = nn.ModuleList(
             nn.Sequential(*(EPABlock(self.stage_sizes[i], widths[i], proj_size=proj_sizes[i], **epa_kwargs)
                             for _ in range(depths[i])))
             for i in range(len(widths)))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        skips = [self.input_block(x)]
-        h = self.stages[0](self.stem(x))
-        skips.append(h)
-        for down, stage in zip(self.downsamples, self.stages[1:]):
-            h = stage(down(h))
-            skips.append(h)
-        return skips
+        return [self.input_block(x), *super().forward(x)]
 
 
 class UNETRPPDecoder(nn.Module):
@@ -87,19 +73,19 @@ class UNETRPPDecoder(nn.Module):
     ``x = Blocks(TransposedConv(x) + skip)`` with EPA blocks at the encoder's resolutions and a
     residual conv block at full resolution; 1x1x1 heads.
 
-    ``forward(skips)`` returns (B, K, Z, Y, X) logits, or with ``deep_supervision`` a list of
-    min(3, n_stages) logits: full resolution, then the resolutions of encoder stages 0 and 1.
+    ``forward(skips, deep_supervision)`` returns (B, K, Z, Y, X) logits, or with
+    ``deep_supervision`` a list of min(3, n_stages) logits: full resolution, then the resolutions
+    of encoder stages 0 and 1.
     """
 
     def __init__(self, encoder: UNETRPPEncoder, num_classes: int, depths: Sequence[int], proj_size: int,
-                 norm_op: Type[nn.Module], nonlin: Type[nn.Module], epa_kwargs: dict, deep_supervision: bool):
+                 norm_op: Type[nn.Module], nonlin: Type[nn.Module], epa_kwargs: dict):
         super().__init__()
         w, f = encoder.widths, encoder.feature_size
         n = len(w)
-        self.deep_supervision = deep_supervision
         order = list(range(n - 2, -1, -1))  # decoder stages at encoder resolutions, deepest first
-        self.ups = nn.ModuleList([UpsampleBlock(w[i + 1], w[i], encoder.strides[i]) for i in order]
-                                 + [UpsampleBlock(w[0], f, encoder.stem_stride)])
+        self.ups = nn.ModuleList([UpsampleBlock(w[i + 1], w[i], encoder.strides[i + 1]) for i in order]
+                                 + [UpsampleBlock(w[0], f, encoder.strides[0])])
         self.stages = nn.ModuleList(
             [nn.Sequential(*(EPABlock(encoder.stage_sizes[i], w[i], proj_size=proj_size, **epa_kwargs)
                              for _ in range(depths[i])))
@@ -110,29 +96,29 @@ class UNETRPPDecoder(nn.Module):
         self.heads = SegmentationHeads([f, *w[:self.num_outputs - 1]], num_classes)
         self.output_strides = ((1, 1, 1),) + encoder.stage_strides[:self.num_outputs - 1]
 
-    def forward(self, skips: Sequence[torch.Tensor]):
+    def forward(self, skips: Sequence[torch.Tensor], deep_supervision: bool):
         x, features = skips[-1], []
         for up, stage, skip in zip(self.ups, self.stages, reversed(skips[:-1])):
             x = stage(up(x) + skip)
             features.append(x)
         features = features[::-1][:self.num_outputs]  # highest resolution first
-        return self.heads(features, self.deep_supervision)
+        return self.heads(features, deep_supervision)
 
 
-class UNETRPP(EncoderDecoderNetwork):
+class UNETRPP(ExtNetwork):
     """UNETR++: (B, C_in, Z, Y, X) -> (B, K, Z, Y, X) logits, or with deep supervision a list of
-    3 logits at strides 1, stem_stride and stem_stride * strides[0] (highest resolution first).
+    3 logits at strides 1, strides[0] and strides[0] * strides[1] (highest resolution first).
 
     Defaults are the paper's Synapse setting (Shaker et al., IEEE TMI 2024; public code
-    ``unetr_pp_synapse.py``): paper 42.96 M parameters / 47.98 GMACs at 1 -> 14 channels; this
-    implementation 42.95 M / 47.45 GMACs (torch's flop counter, which skips norms).
+    ``unetr_pp_synapse.py``; the paper reports 42.96 M parameters and 47.98 GMACs at 1 -> 14
+    channels).
 
     Args:
         input_channels: C_in.
         num_classes: K.
         patch_size: (Z, Y, X) the network is built for (token counts and position embeddings follow).
-        stem_stride: kernel = stride of the patch-embedding conv (Synapse (2, 4, 4)).
-        strides: stride between consecutive stages, one per stage boundary (paper: 3 x (2, 2, 2)).
+        strides: one per stage: the patch-embedding stem's (kernel = stride; Synapse (2, 4, 4)), then
+            the down-sampling into each further stage (paper: 3 x (2, 2, 2)).
         widths: channels of the encoder stages (paper: 32, 64, 128, 256). The decoder stages have
             the same widths (skips are added), so the paper's hidden size 256 is ``widths[-1]`` and
             its decoder widths feature_size * (8, 4, 2) are ``widths[2::-1]``.
@@ -156,8 +142,7 @@ class UNETRPP(EncoderDecoderNetwork):
     """
 
     def __init__(self, input_channels: int, num_classes: int, patch_size: Sequence[int] = (64, 128, 128),
-                 stem_stride: Sequence[int] = (2, 4, 4),
-                 strides: Sequence[Sequence[int]] = ((2, 2, 2), (2, 2, 2), (2, 2, 2)),
+                 strides: Sequence[Sequence[int]] = ((2, 4, 4), (2, 2, 2), (2, 2, 2), (2, 2, 2)),
                  widths: Sequence[int] = (32, 64, 128, 256), depths: Sequence[int] = (3, 3, 3, 3),
                  decoder_depths: Sequence[int] = (3, 3, 3), num_heads: int = 4,
                  proj_sizes: Sequence[int] = (64, 64, 64, 32), decoder_proj_size: int = 64, feature_size: int = 16,
@@ -165,90 +150,40 @@ class UNETRPP(EncoderDecoderNetwork):
                  norm_op: Type[nn.Module] = nn.InstanceNorm3d, epa_norm_op: Type[nn.Module] = nn.BatchNorm3d,
                  nonlin: Type[nn.Module] = nn.LeakyReLU, epa_conv_blocks: int = 1, share_token_proj: bool = True,
                  fusion: str = "concat", deep_supervision: bool = True):
-        super().__init__()
+        # every conv that sees the input channels: the stem and the full-resolution residual block
+        super().__init__(deep_supervision, keys_to_in_proj=("encoder.stem.conv", "encoder.input_block.conv1.conv",
+                                                            "encoder.input_block.skip.conv"))
         n = len(widths)
-        patch_size, stem_stride = tuple(patch_size), tuple(stem_stride)
+        patch_size = tuple(patch_size)
         strides = tuple(tuple(s) for s in strides)
         if n < 2:
             raise ValueError(f"UNETRPP: widths needs at least 2 stages, got {list(widths)}")
-        for name, value, length in (("strides", strides, n - 1), ("depths", depths, n), ("proj_sizes", proj_sizes, n),
-                                    ("decoder_depths", decoder_depths, n - 1)):
-            if len(value) != length:
-                raise ValueError(f"UNETRPP: {name} must have {length} entries for {n} stages (widths {list(widths)}), "
-                                 f"got {list(value)}")
-        if len(patch_size) != 3 or len(stem_stride) != 3 or any(len(s) != 3 for s in strides):
-            raise ValueError(f"UNETRPP: patch_size, stem_stride and each stride need 3 entries (z, y, x), got "
-                             f"patch_size {list(patch_size)}, stem_stride {list(stem_stride)}, strides {list(strides)}")
-        total = stem_stride
-        for s in strides:
-            total = _mul(total, s)
-        if any(p % t for p, t in zip(patch_size, total)):
-            raise ValueError(f"UNETRPP: patch_size {list(patch_size)} must be divisible by the total stride "
-                             f"{list(total)} (stem_stride {list(stem_stride)} x strides {[list(s) for s in strides]})")
+        check_lengths("UNETRPP", widths, strides=(strides, n), depths=(depths, n), proj_sizes=(proj_sizes, n),
+                      decoder_depths=(decoder_depths, n - 1))
+        if len(patch_size) != 3 or any(len(s) != 3 for s in strides):
+            raise ValueError(f"UNETRPP: patch_size and each stride need 3 entries (z, y, x), got "
+                             f"patch_size {list(patch_size)}, strides {[list(s) for s in strides]}")
+        check_patch_divisible("UNETRPP", patch_size, strides)
         if any(w % num_heads for w in widths):
             raise ValueError(f"UNETRPP: every width {list(widths)} must be divisible by num_heads ({num_heads})")
 
         epa_kwargs = dict(num_heads=num_heads, attn_dropout=attn_dropout, conv_dropout=conv_dropout,
                           layer_scale_init=layer_scale_init, norm_op=epa_norm_op, nonlin=nonlin,
                           conv_blocks=epa_conv_blocks, share_token_proj=share_token_proj, fusion=fusion)
-        self.encoder = UNETRPPEncoder(input_channels, patch_size, stem_stride, strides, widths, depths, proj_sizes,
+        self.encoder = UNETRPPEncoder(input_channels, patch_size, strides, widths, depths, proj_sizes,
                                       feature_size, norm_op, nonlin, epa_kwargs)
         self.decoder = UNETRPPDecoder(self.encoder, num_classes, decoder_depths, decoder_proj_size, norm_op, nonlin,
-                                      epa_kwargs, deep_supervision)
+                                      epa_kwargs)
         self.deep_supervision_scales = scales_from_strides(self.decoder.output_strides)
-        self.key_to_encoder = "encoder"
-        self.key_to_stem = "encoder.stem"
-        # every conv that sees the input channels (stem and the full-resolution residual block)
-        self.keys_to_in_proj = ("encoder.stem.conv", "encoder.input_block.conv1.conv", "encoder.input_block.skip.conv")
-        # one position embedding per EPA block; key_to_lpe names the first, keys_to_lpe all of them
-        self.keys_to_lpe = tuple(name for name, _ in self.named_parameters() if name.endswith("pos_embed"))
-        self.key_to_lpe = self.keys_to_lpe[0] if self.keys_to_lpe else None
-        self.apply(self._init_convs)
-
-    @staticmethod
-    def _init_convs(module: nn.Module) -> None:
+        # one position embedding per EPA block; key_to_lpe names the first
+        self.key_to_lpe = next((name for name, _ in self.named_parameters() if name.endswith("pos_embed")), None)
         # convs get nnU-Net's He init; EPA's Linears are initialised by the block itself
-        if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
-            ExtNetwork.initialize(module)
-
-
-def _smallest_prime_factor(n: int) -> int:
-    return next(f for f in range(2, n + 1) if n % f == 0)
-
-
-def unetr_pp_kwargs_from_plan(spec: PlanSpec, inner_downsamplings: int = 3) -> dict:
-    """UNETR++'s size arguments (``patch_size``, ``stem_stride``, ``strides``) from an nnU-Net plan.
-
-    Mapping rule. Take the plan's total stride per axis (the product of nnU-Net's
-    ``pool_op_kernel_sizes``). The stem (kernel = stride patch embedding) first reserves one factor
-    (2 for nnU-Net's power-of-two strides) on every axis that is strided at all: UNETR++ always
-    tokenizes (every setting in the paper has a stem stride >= 2 in-plane), and EPA stages at full
-    resolution would cost ~10x the time and memory of the rest of the network on small plans. Then
-    walk the three inner down-samplings from the deepest upwards; each takes, per axis, the smallest
-    prime factor still left, or 1 when nothing is left. The stem takes what remains. So the
-    network's total stride equals the plan's, and axes with a small total (anisotropic,
-    coarse-spacing axes) are pooled only in the deepest stages as nnU-Net does.
-
-    Examples: 64x128x128 isotropic, total (16, 32, 32) -> stem (2, 4, 4), strides 3 x (2, 2, 2)
-    (the paper's Synapse setting); 20x192x192 at 5x0.8x0.8 mm, total (4, 32, 32) -> stem (2, 4, 4),
-    strides (1, 2, 2), (1, 2, 2), (2, 2, 2); a small 40x48x40 plan, total (8, 8, 8) -> stem
-    (2, 2, 2), strides (1, 1, 1), (2, 2, 2), (2, 2, 2).
-    """
-    inner = [[1, 1, 1] for _ in range(inner_downsamplings)]
-    stem = []
-    for axis, total in enumerate(spec.total_stride):
-        reserved = _smallest_prime_factor(total) if total > 1 else 1
-        left = total // reserved
-        for stage in reversed(range(inner_downsamplings)):
-            if left > 1:
-                f = _smallest_prime_factor(left)
-                inner[stage][axis] = f
-                left //= f
-        stem.append(reserved * left)
-    return {"patch_size": tuple(spec.patch_size), "stem_stride": tuple(stem), "strides": tuple(tuple(s) for s in inner)}
+        self.apply(self.initialize)
 
 
 @register_architecture("unetr_pp", trainer="UNETRPPTrainer", title="UNETR++",
-                       paper="Shaker et al., UNETR++, IEEE TMI 2024")
-def build_unetr_pp(spec: PlanSpec, input_channels: int, num_classes: int, deep_supervision: bool = True) -> UNETRPP:
-    return UNETRPP(input_channels, num_classes, deep_supervision=deep_supervision, **unetr_pp_kwargs_from_plan(spec))
+                       paper="Shaker et al., UNETR++, IEEE TMI 2024",
+                       downsamplings=4, stride_rule=stem_remainder_strides)
+def build_unetr_pp(spec: PlanSpec, strides: Strides, input_channels: int, num_classes: int,
+                   deep_supervision: bool) -> UNETRPP:
+    return UNETRPP(input_channels, num_classes, spec.patch_size, strides, deep_supervision=deep_supervision)

@@ -93,9 +93,8 @@ class EfficientPairedAttention(nn.Module):
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """x: (B, N, C). Returns (B, N, C), or ``(out, {"spatial": (B, h, N, p), "channel": (B, h, d, d)})``
-        with ``return_attention`` (the softmax maps, after dropout)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, C) -> (B, N, C)."""
         b, n, c = x.shape
         if n != self.num_tokens or c != self.channels:
             raise ValueError(f"EfficientPairedAttention: expected tokens (B, {self.num_tokens}, {self.channels}), "
@@ -118,12 +117,8 @@ class EfficientPairedAttention(nn.Module):
         out_s = (attn_s @ v_p.transpose(-2, -1)).transpose(1, 2).reshape(b, n, c)  # (B, h, N, d) -> (B, N, C)
 
         if self.fusion == "concat":
-            out = torch.cat((self.out_spatial(out_s), self.out_channel(out_c)), dim=-1)
-        else:
-            out = out_s + out_c
-        if return_attention:
-            return out, {"spatial": attn_s, "channel": attn_c}
-        return out
+            return torch.cat((self.out_spatial(out_s), self.out_channel(out_c)), dim=-1)
+        return out_s + out_c
 
 
 class EPABlock(nn.Module):

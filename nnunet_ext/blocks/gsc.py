@@ -43,9 +43,9 @@ class GatedSpatialConv(nn.Module):
                  nonlin_kwargs: dict | None = None):
         super().__init__()
         if gate not in ("product", "sum"):
-            raise ValueError(f"gate must be 'product' or 'sum', got {gate!r}")
+            raise ValueError(f"GatedSpatialConv: gate must be 'product' or 'sum', got {gate!r}")
         if spatial_convs < 1:
-            raise ValueError(f"spatial_convs must be >= 1, got {spatial_convs}")
+            raise ValueError(f"GatedSpatialConv: spatial_convs must be >= 1, got {spatial_convs}")
         self.gate = gate
         ops = dict(conv_op=conv_op, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, nonlin=nonlin,
                    nonlin_kwargs=nonlin_kwargs, bias=True)

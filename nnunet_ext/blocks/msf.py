@@ -22,15 +22,10 @@ from torch import nn
 from nnunet_ext.blocks.conv import ConvNormAct, make_nonlin
 from nnunet_ext.ops.atrous import AtrousConv3d
 
-#: MISSU's four branches: atrous rates of the stacked 3x3x3 convs (RF 3, 7, 9, 19)
+#: MISSU's four branches (paper, MSF block): atrous rates of the stacked 3x3x3 convs (RF 3, 7, 9, 19)
 MSF_BRANCH_RATES: tuple[tuple[int, ...], ...] = ((1,), (3,), (1, 3), (1, 3, 5))
-#: whether a branch ends with a 1x1x1 conv (the "regular conv" after the atrous ones)
+#: whether a branch ends with a 1x1x1 conv (paper: the "regular conv" after the atrous ones)
 MSF_BRANCH_POINTWISE: tuple[bool, ...] = (False, True, True, True)
-
-
-def receptive_field(rates: Sequence[int], kernel_size: int = 3) -> int:
-    """Receptive field (voxels per axis) of stacked stride-1 convs with these dilation rates."""
-    return 1 + sum((kernel_size - 1) * r for r in rates)
 
 
 class MSFBlock(nn.Module):
@@ -60,7 +55,12 @@ class MSFBlock(nn.Module):
                  norm_op_kwargs: dict | None = None,
                  nonlin: Type[nn.Module] | None = nn.ReLU, nonlin_kwargs: dict | None = None, bias: bool = True):
         super().__init__()
-        assert len(branch_rates) == len(branch_pointwise), "branch_rates and branch_pointwise need one entry per branch"
+        if len(branch_rates) != len(branch_pointwise) or not branch_rates:
+            raise ValueError(f"MSFBlock: branch_rates and branch_pointwise need one entry per branch (at least one), "
+                             f"got {len(branch_rates)} and {len(branch_pointwise)}")
+        if any(not rates or min(rates) < 1 for rates in branch_rates):
+            raise ValueError(f"MSFBlock: every branch needs at least one dilation rate >= 1, got "
+                             f"{[list(r) for r in branch_rates]}")
         self.branch_rates = tuple(tuple(int(r) for r in rates) for rates in branch_rates)
         self.branch_pointwise = tuple(bool(p) for p in branch_pointwise)
         rates = sorted({r for branch in self.branch_rates for r in branch})
@@ -70,24 +70,16 @@ class MSFBlock(nn.Module):
                                      for r in rates})
         self.pointwise = conv_op(channels, channels, 1, 1, 0, bias=bias) if any(self.branch_pointwise) else None
         self.nonlin = make_nonlin(nonlin, nonlin_kwargs)
-        self.receptive_fields = tuple(receptive_field(r) for r in self.branch_rates)
 
-    def branch_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The four branch outputs (each (B, C, Z, Y, X)), before they are summed with the input."""
-        stacks: dict[tuple[int, ...], torch.Tensor] = {}  # rate prefix -> its conv stack applied to x
-        outputs = []
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stacks: dict[tuple[int, ...], torch.Tensor] = {(): x}  # rate prefix -> its conv stack applied to x
+        out = x
         for rates, pointwise in zip(self.branch_rates, self.branch_pointwise):
             for k in range(1, len(rates) + 1):
                 if rates[:k] not in stacks:
-                    stacks[rates[:k]] = self.atrous[str(rates[k - 1])](stacks[rates[:k - 1]] if k > 1 else x)
+                    stacks[rates[:k]] = self.atrous[str(rates[k - 1])](stacks[rates[:k - 1]])
             y = stacks[rates]
-            outputs.append(self.nonlin(self.pointwise(y) if pointwise else y))
-        return outputs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x
-        for y in self.branch_outputs(x):
-            out = out + y
+            out = out + self.nonlin(self.pointwise(y) if pointwise else y)
         return out
 
 
@@ -106,8 +98,9 @@ class MSFPyramid(nn.Module):
     def __init__(self, channels: Sequence[int], strides: Sequence[Sequence[int]],
                  conv_op: Type[nn.Module] = nn.Conv3d, **block_kwargs):
         super().__init__()
-        assert len(strides) == len(channels) - 1, \
-            f"need one stride per level transition: {len(channels)} levels, got {len(strides)} strides"
+        if len(strides) != len(channels) - 1:
+            raise ValueError(f"MSFPyramid: strides must have {len(channels) - 1} entries, one per level transition "
+                             f"of channels {list(channels)}, got {len(strides)}")
         self.blocks = nn.ModuleList(MSFBlock(c, conv_op=conv_op, **block_kwargs) for c in channels)
         # our choice: a plain conv (with bias, no norm/activation) matches channels and size, as the
         # paper writes O_i = M_i + conv(O_{i-1}) without naming a norm
@@ -115,7 +108,8 @@ class MSFPyramid(nn.Module):
                                    for c_in, c_out, s in zip(channels[:-1], channels[1:], strides))
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        assert len(features) == len(self.blocks), f"expected {len(self.blocks)} feature maps, got {len(features)}"
+        if len(features) != len(self.blocks):
+            raise ValueError(f"MSFPyramid: features must have {len(self.blocks)} feature maps, got {len(features)}")
         out = [self.blocks[0](features[0])]
         for block, down, f in zip(self.blocks[1:], self.downs, features[1:]):
             out.append(block(f) + down(out[-1]))

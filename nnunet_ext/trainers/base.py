@@ -14,13 +14,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch._dynamo import OptimizedModule
 
-from nnunet_ext.architectures import PlanError, PlanSpec, build_network, get_architecture
-
-
-def three_d_configurations(plans_manager: PlansManager) -> list[str]:
-    """Names of the plans' configurations whose patch is 3D."""
-    return [c for c in plans_manager.available_configurations
-            if len(plans_manager.get_configuration(c).patch_size) == 3]
+from nnunet_ext.architectures import check_plan, get_architecture
 
 
 class AbstractExtTrainer(nnUNetTrainer):
@@ -41,25 +35,8 @@ class AbstractExtTrainer(nnUNetTrainer):
             raise TypeError(f"{type(self).__name__} is abstract: set the class attribute 'arch'")
         # fail at once, before nnU-Net creates any output folder, on a plan the network cannot use
         plans_manager = PlansManager(plans)
-        self.check_plan(plans_manager, plans_manager.get_configuration(configuration), configuration)
+        check_plan(self.arch, plans_manager.get_configuration(configuration), plans_manager, configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
-
-    @classmethod
-    def check_plan(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                   configuration: str | None = None) -> PlanSpec:
-        """The plan as a :class:`PlanSpec`; raises :class:`PlanError` (naming the fix) for a 2D
-        configuration or a patch the network's total stride does not divide."""
-        patch = list(configuration_manager.patch_size)
-        if len(patch) != 3:
-            name = configuration or configuration_manager.data_identifier
-            options = three_d_configurations(plans_manager) or ["3d_fullres (run nnUNetv2_plan_and_preprocess -c 3d_fullres)"]
-            raise PlanError(
-                f"{cls.__name__} trains a 3D network ({get_architecture(cls.arch).title}), but configuration "
-                f"'{name}' is 2D (patch {patch}). Use a 3D configuration of these plans: {', '.join(options)}.")
-        spec = PlanSpec.from_configuration(configuration_manager, configuration)
-        entry = get_architecture(cls.arch)
-        spec.check_divisible(entry.required_divisor(spec), entry.title)
-        return spec
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -67,8 +44,9 @@ class AbstractExtTrainer(nnUNetTrainer):
                                    enable_deep_supervision: bool = True) -> nn.Module:
         """Called by the trainer at ``initialize()`` and by ``nnUNetPredictor`` at inference (with
         ``enable_deep_supervision=False``): same plans give the same network and state-dict keys."""
-        spec = cls.check_plan(plans_manager, configuration_manager)
-        return build_network(cls.arch, spec, num_input_channels, num_output_channels, enable_deep_supervision)
+        spec = check_plan(cls.arch, configuration_manager, plans_manager)
+        return get_architecture(cls.arch).builder(spec, num_input_channels, num_output_channels,
+                                                  enable_deep_supervision)
 
     # ----------------------------------------------------------------- network access
     def _plain_network(self) -> nn.Module:

@@ -1,4 +1,4 @@
-"""UNETR++: paper parity (meta device), the plan -> stem/strides rule, and forwards for any plan."""
+"""UNETR++: paper parity (meta device), its strides from a plan, and forwards for any plan."""
 
 import json
 import math
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from nnunet_ext.architectures import PlanError, PlanSpec, build_network, get_architecture
-from nnunet_ext.architectures.summary import count_macs, count_parameters
-from nnunet_ext.architectures.unetr_pp import UNETRPP, unetr_pp_kwargs_from_plan
+from nnunet_ext.architectures.plans import stride_product
+from nnunet_ext.architectures.unetr_pp import UNETRPP
+from nnunet_ext.bench.counts import count_macs, count_parameters
 from nnunet_ext.cli.main import main
 
 # reduced widths/depths for real (CPU) forwards
@@ -16,17 +17,14 @@ SMALL = dict(widths=(8, 16, 24, 32), depths=(1, 1, 1, 1), decoder_depths=(1, 1, 
              proj_sizes=(16, 16, 16, 8), decoder_proj_size=16)
 
 
-def _total(kw):
-    t = kw["stem_stride"]
-    for s in kw["strides"]:
-        t = tuple(a * b for a, b in zip(t, s))
-    return t
+def _small(spec, in_ch, classes):
+    return UNETRPP(in_ch, classes, spec.patch_size, get_architecture("unetr_pp").strides(spec), **SMALL)
 
 
 # ----------------------------------------------------------------------------- paper parity
 def test_synapse_parity_through_the_cli(capsys):
     """`nnunet-ext summary --arch unetr_pp --patch 64 128 128 --in-channels 1 --classes 14 --json`:
-    paper 42.96 M parameters, 47.98 GMACs."""
+    paper (Synapse, Table I) 42.96 M parameters, 47.98 GMACs."""
     assert main(["summary", "--arch", "unetr_pp", "--patch", "64", "128", "128", "--in-channels", "1",
                  "--classes", "14", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
@@ -36,13 +34,14 @@ def test_synapse_parity_through_the_cli(capsys):
 
 
 @pytest.mark.parametrize("name,kwargs,paper_params", [
-    # the public code's per-dataset settings (patch, stem, classes and its block variants)
-    ("ACDC", dict(input_channels=1, num_classes=4, patch_size=(16, 160, 160), stem_stride=(1, 4, 4),
-                  epa_conv_blocks=2, share_token_proj=False), 66.8e6),
-    ("Lung", dict(input_channels=1, num_classes=2, patch_size=(32, 192, 192), stem_stride=(1, 4, 4),
-                  epa_conv_blocks=2, share_token_proj=False), 121.2e6),
-    ("BraTS", dict(input_channels=4, num_classes=3, patch_size=(128, 128, 128), stem_stride=(4, 4, 4),
-                   fusion="sum"), 42.65e6),
+    # the public code's per-dataset settings (patch, stem, classes and its block variants) and the
+    # parameter counts the public code gives for them (networks.md)
+    ("ACDC", dict(input_channels=1, num_classes=4, patch_size=(16, 160, 160),
+                  strides=((1, 4, 4),) + ((2, 2, 2),) * 3, epa_conv_blocks=2, share_token_proj=False), 66.8e6),
+    ("Lung", dict(input_channels=1, num_classes=2, patch_size=(32, 192, 192),
+                  strides=((1, 4, 4),) + ((2, 2, 2),) * 3, epa_conv_blocks=2, share_token_proj=False), 121.2e6),
+    ("BraTS", dict(input_channels=4, num_classes=3, patch_size=(128, 128, 128),
+                   strides=((4, 4, 4),) + ((2, 2, 2),) * 3, fusion="sum"), 42.65e6),
 ])
 def test_other_paper_settings_parameter_counts(name, kwargs, paper_params):
     with torch.device("meta"):
@@ -50,34 +49,22 @@ def test_other_paper_settings_parameter_counts(name, kwargs, paper_params):
     assert abs(count_parameters(net) / paper_params - 1) < 0.01, (name, count_parameters(net))
 
 
-# ----------------------------------------------------------------------------- plan -> stem + strides
-@pytest.mark.parametrize("spec,stem,strides", [
-    # isotropic 64x128x128: total (16, 32, 32) -> the paper's Synapse setting
-    (PlanSpec.from_patch((64, 128, 128)), (2, 4, 4), ((2, 2, 2),) * 3),
-    # 128^3: total 32 -> the paper's BraTS stem
-    (PlanSpec.from_patch((128, 128, 128)), (4, 4, 4), ((2, 2, 2),) * 3),
-    # anisotropic, in-plane-only first strides: total (4, 32, 32); the stem tokenizes z by 2,
-    # the rest of z is pooled in the deepest stage only
-    (PlanSpec.from_patch((20, 192, 192), spacing=(5, 0.8, 0.8)), (2, 4, 4), ((1, 2, 2), (1, 2, 2), (2, 2, 2))),
-    # a small plan, total 8: the stem still tokenizes, the first inner stage keeps the resolution
-    (PlanSpec.from_patch((40, 48, 40)), (2, 2, 2), ((1, 1, 1), (2, 2, 2), (2, 2, 2))),
-    # total 2 on z: all of it goes to the stem
-    (PlanSpec((10, 96, 96), ((1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2))), (2, 2, 2),
-     ((1, 2, 2), (1, 2, 2), (1, 2, 2))),
-    # total stride 1 on an axis
-    (PlanSpec((7, 32, 32), ((1, 1, 1), (1, 2, 2), (1, 2, 2))), (1, 2, 2), ((1, 1, 1), (1, 1, 1), (1, 2, 2))),
-    # non-power-of-two strides (not produced by nnU-Net's planner, but legal in a hand-edited plan)
-    (PlanSpec((36, 48, 48), ((1, 1, 1), (3, 2, 2), (2, 2, 2), (2, 2, 2))), (2, 2, 2),
-     ((1, 1, 1), (3, 2, 2), (2, 2, 2))),
-    (PlanSpec((72, 96, 96), ((1, 1, 1), (3, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2))), (2, 2, 2),
-     ((3, 2, 2), (2, 2, 2), (2, 2, 2))),
+# ----------------------------------------------------------------------------- strides from a plan
+@pytest.mark.parametrize("spec, strides", [
+    # isotropic 64x128x128, total (16, 32, 32): the paper's Synapse stem and strides
+    (PlanSpec.from_patch((64, 128, 128)), ((2, 4, 4),) + ((2, 2, 2),) * 3),
+    # 128^3, total 32: the paper's BraTS stem
+    (PlanSpec.from_patch((128, 128, 128)), ((4, 4, 4),) + ((2, 2, 2),) * 3),
+    # anisotropic, in-plane-only first poolings, total (4, 32, 32) (plans.stem_remainder_strides by hand)
+    (PlanSpec.from_patch((20, 192, 192), spacing=(5, 0.8, 0.8)), ((2, 4, 4), (1, 2, 2), (1, 2, 2), (2, 2, 2))),
 ])
-def test_plan_mapping_rule(spec, stem, strides):
-    kw = unetr_pp_kwargs_from_plan(spec)
-    assert kw["stem_stride"] == stem and kw["strides"] == strides
-    assert kw["patch_size"] == spec.patch_size
-    assert _total(kw) == spec.total_stride  # the network's total stride is the plan's
-    assert get_architecture("unetr_pp").required_divisor(spec) == spec.total_stride
+def test_strides_from_plan_reach_the_layers(spec, strides):
+    assert get_architecture("unetr_pp").strides(spec) == strides
+    with torch.device("meta"):
+        net = build_network("unetr_pp", spec, 1, 2)
+    # the network's total stride is the plan's: the deepest stage is patch / total stride
+    assert stride_product(strides) == spec.total_stride
+    assert net.encoder.stage_sizes[-1] == tuple(p // t for p, t in zip(spec.patch_size, spec.total_stride))
 
 
 # ----------------------------------------------------------------------------- any plan
@@ -111,13 +98,13 @@ PLANS = {
 @pytest.mark.parametrize("key", list(PLANS))
 def test_forward_any_plan_reduced_width(key):
     spec, in_ch, classes = PLANS[key]
-    net = UNETRPP(in_ch, classes, **unetr_pp_kwargs_from_plan(spec), **SMALL).eval()
+    net = _small(spec, in_ch, classes).eval()
     with torch.no_grad():
         _check_outputs(net, spec, in_ch, classes)
 
 
 @pytest.mark.parametrize("spec,in_ch,classes", [
-    (PlanSpec.from_patch((20, 192, 192), spacing=(5, 0.8, 0.8)), 1, 3),  # the issue's anisotropic plan
+    (PlanSpec.from_patch((20, 192, 192), spacing=(5, 0.8, 0.8)), 1, 3),  # anisotropic
     (PlanSpec.from_patch((128, 128, 128)), 2, 5),
     (PlanSpec((80, 160, 128), PlanSpec.from_patch((80, 160, 128), spacing=(2.5, 1.6, 1.6)).strides,
               spacing=(2.5, 1.6, 1.6), configuration="3d_lowres"), 1, 2),
@@ -132,42 +119,35 @@ def test_full_size_on_meta(spec, in_ch, classes):
         blk = stage[0]
         assert blk.pos_embed.shape[1] == blk.attn.num_tokens == math.prod(size)
         assert blk.attn.token_proj.in_features == math.prod(size)
-    kw = unetr_pp_kwargs_from_plan(spec)
-    assert net.encoder.stage_sizes[-1] == tuple(p // t for p, t in zip(spec.patch_size, _total(kw)))
 
 
 def test_gradients_reach_every_parameter():
     spec = PlanSpec.from_patch((8, 16, 16), spacing=(3, 1, 1))
-    net = UNETRPP(2, 4, **unetr_pp_kwargs_from_plan(spec), **SMALL).train()
+    net = _small(spec, 2, 4).train()
     outs = net(torch.randn(2, 2, *spec.patch_size))
     sum((o * torch.randn_like(o)).mean() for o in outs).backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing
 
 
-def test_builder_and_network_conventions():
-    spec = PlanSpec.from_patch((32, 32, 32))
-    net = build_network("unetr_pp", spec, 3, 4, deep_supervision=False)
-    assert isinstance(net, UNETRPP) and net.deep_supervision is False
-    entry = get_architecture("unetr_pp")
-    assert (entry.trainer, entry.title) == ("UNETRPPTrainer", "UNETR++")
-    assert entry.paper == "Shaker et al., UNETR++, IEEE TMI 2024"
-    assert net.get_submodule(net.key_to_encoder) is net.encoder
-    assert net.get_submodule(net.key_to_stem) is net.encoder.stem
-    for key in net.keys_to_in_proj:  # every conv that reads the input channels
-        assert net.get_submodule(key).weight.shape[1] == 3
+def test_one_position_embedding_per_epa_block():
+    """UNETR++'s Synapse model has 21 EPA blocks (networks.md: 4 encoder stages x 3 + 3 decoder stages x
+    3), each with its own (1, N, C) position embedding; every conv that reads the input is named."""
+    with torch.device("meta"):
+        net = build_network("unetr_pp", PlanSpec.from_patch((32, 32, 32)), 3, 4, deep_supervision=False)
+    embeddings = [p for n, p in net.named_parameters() if n.endswith("pos_embed")]
+    assert len(embeddings) == 21 and net.get_parameter(net.key_to_lpe) is embeddings[0]
+    # total stride 8 -> stem (2, 2, 2) (stem_remainder_strides): the first stage has 16^3 tokens of width 32
+    assert embeddings[0].shape == (1, 16 ** 3, 32)
     n_in = sum(1 for m in net.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels == 3)
     assert n_in == len(net.keys_to_in_proj)
-    # one position embedding per EPA block: 4 encoder stages x 3 + 3 decoder stages x 3
-    assert len(net.keys_to_lpe) == 21 and net.key_to_lpe == net.keys_to_lpe[0]
-    assert dict(net.named_parameters())[net.key_to_lpe].shape[1:] == (16 ** 3, 32)  # total stride 8: stem 2
 
 
 def test_deep_supervision_scales_follow_the_strides():
     spec = PlanSpec.from_patch((20, 192, 192), spacing=(5, 0.8, 0.8))
     with torch.device("meta"):
         net = build_network("unetr_pp", spec, 1, 2)
-    # stem (2, 4, 4), first inner stride (1, 2, 2)
+    # stem (2, 4, 4), first inner stride (1, 2, 2) (stem_remainder_strides by hand)
     assert net.deep_supervision_scales == [[1.0, 1.0, 1.0], [0.5, 0.25, 0.25], [0.5, 0.125, 0.125]]
 
 
@@ -177,20 +157,9 @@ def test_mac_count_is_linear_in_tokens():
     macs = []
     for patch in ((32, 64, 64), (64, 64, 64)):
         with torch.device("meta"):
-            net = UNETRPP(1, 2, patch_size=patch, stem_stride=(2, 2, 2))
+            net = UNETRPP(1, 2, patch_size=patch, strides=((2, 2, 2),) * 4)
         macs.append(count_macs(net, (1, 1, *patch)))
     assert 1.9 < macs[1] / macs[0] < 2.1
-
-
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(patch_size=(30, 64, 64)), r"patch_size \[30, 64, 64\] must be divisible"),
-    (dict(widths=(32, 64, 128)), "strides must have 2 entries"),
-    (dict(widths=(30, 64, 128, 256)), "divisible by num_heads"),
-    (dict(depths=(3, 3, 3)), "depths must have 4 entries"),
-])
-def test_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match), torch.device("meta"):
-        UNETRPP(1, 2, **kwargs)
 
 
 def test_unbuildable_plan_names_the_axis():

@@ -34,31 +34,23 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.plans import make_plans
+
 PATCH = [16, 16, 16]
 #: nnU-Net's global batch size; DDP splits it over the ranks (1 sample each with 2 ranks)
 GLOBAL_BATCH = 2
 STEPS = 2
 NUM_CLASSES = 3
 DATASET_NAME = "Dataset997_DDPProbe"
-DATA_IDENTIFIER = "nnUNetPlans_3d_fullres"
+DATA_IDENTIFIER = "nnUNetPlans_3d_fullres"  # what tests.plans.make_plans names it
 DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "b": 2},
                 "numTraining": 2, "file_ending": ".nii.gz"}
 
 
 def plans() -> dict:
     """A minimal 3d_fullres plan: 16^3 patch, 3 poolings, batch dice (as nnU-Net plans 3d_fullres)."""
-    conf = {"data_identifier": DATA_IDENTIFIER, "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": GLOBAL_BATCH, "patch_size": PATCH, "median_image_size_in_voxels": PATCH,
-            "spacing": [1.0, 1.0, 1.0], "normalization_schemes": ["ZScoreNormalization"],
-            "use_mask_for_norm": [False], "batch_dice": True,
-            "architecture": {"network_class_name": "unused", "_kw_requires_import": [],
-                             "arch_kwargs": {"n_stages": 4, "strides": [[1, 1, 1]] + [[2, 2, 2]] * 3,
-                                             "features_per_stage": [32, 64, 128, 256]}}}
-    return {"dataset_name": DATASET_NAME, "plans_name": "nnUNetPlans", "continue_training": False,
-            "original_median_spacing_after_transp": [1.0, 1.0, 1.0], "original_median_shape_after_transp": PATCH,
-            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "configurations": {"3d_fullres": conf}, "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {}}
+    return make_plans(PATCH, [[1, 1, 1]] + [[2, 2, 2]] * 3, dataset_name=DATASET_NAME, batch_size=GLOBAL_BATCH,
+                      batch_dice=True)
 
 
 # ------------------------------------------------------------------------------------ DDP on CPU

@@ -1,3 +1,5 @@
+"""MISSUTrainer: nnU-Net's loss plus lambda * L_sd, logged per epoch; a real trainer on a minimal plan."""
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,7 @@ import torch
 import nnunet_ext.trainers as trainers
 from nnunet_ext.blocks.distillation import self_distillation_loss
 from nnunet_ext.trainers.missu import MISSUTrainer, MISSUTrainerNoDistillation, SegmentationWithDistillationLoss
+from tests.plans import make_plans
 
 PATCH = [16, 32, 32]
 
@@ -26,33 +29,19 @@ def test_loss_combination():
     torch.testing.assert_close(loss(out, tgt), torch.tensor(1.0))
 
 
-def _plans() -> dict:
-    conf = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2, "patch_size": PATCH, "median_image_size_in_voxels": PATCH, "spacing": [1.0, 1.0, 1.0],
-            "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False], "batch_dice": False,
-            "architecture": {"network_class_name": "unused", "_kw_requires_import": [],
-                             "arch_kwargs": {"n_stages": 4, "strides": [[1, 1, 1]] + [[2, 2, 2]] * 3,
-                                             "features_per_stage": [32, 64, 128, 256]}}}
-    return {"dataset_name": "Dataset998_MISSUProbe", "plans_name": "nnUNetPlans", "continue_training": False,
-            "original_median_spacing_after_transp": [1.0, 1.0, 1.0], "original_median_shape_after_transp": PATCH,
-            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "configurations": {"3d_fullres": conf}, "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {}}
-
-
 @pytest.fixture
 def make_trainer(tmp_path, monkeypatch):
     """A real trainer from a minimal plan (no dataset: train_step is fed a synthetic batch)."""
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
-    data = tmp_path / "pre" / "Dataset998_MISSUProbe" / "nnUNetPlans_3d_fullres"
+    data = tmp_path / "pre" / "Dataset998_Probe" / "nnUNetPlans_3d_fullres"
     data.mkdir(parents=True)
     (data / "case.b2nd").touch()  # lets nnU-Net infer its dataset class
     dataset_json = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "b": 2},
                     "numTraining": 2, "file_ending": ".nii.gz"}
 
     def make(cls):
-        t = cls(_plans(), "3d_fullres", 0, dataset_json, torch.device("cpu"))
+        t = cls(make_plans(PATCH, [[1, 1, 1]] + [[2, 2, 2]] * 3), "3d_fullres", 0, dataset_json, torch.device("cpu"))
         t.initialize()
         return t
 
@@ -91,7 +80,6 @@ def test_train_step_adds_weighted_distillation_and_logs_both_terms(make_trainer,
     assert np.isfinite(val["loss"]) and t.network.distillation_features is None
 
 
-def test_short_run_variants_resolve():
-    assert issubclass(trainers.MISSUTrainer_1epoch_2iters, MISSUTrainer)
+def test_short_run_variants_keep_the_distillation_weight():
+    assert trainers.MISSUTrainer_1epoch_2iters.distillation_weight == 0.3  # paper: lambda = 0.3
     assert trainers.MISSUTrainerNoDistillation_5epochs.distillation_weight == 0.0
-    assert MISSUTrainer.arch == "missu" and MISSUTrainer.distillation_weight == 0.3

@@ -1,56 +1,16 @@
-"""UNETRPPTrainer builds UNETR++ from nnU-Net's plan objects (as at training and at inference)."""
+"""UNETRPPTrainer: UNETR++'s stem and strides from nnU-Net's plan objects."""
 
-import pytest
 import torch
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 import nnunet_ext.trainers as trainers
-from nnunet_ext.architectures import PlanError
-from nnunet_ext.architectures.unetr_pp import UNETRPP
+from tests.plans import ANISO_PATCH, ANISO_SPACING, ANISO_STRIDES, plans_manager
 
 
-def _plans(patch, strides, spacing):
-    """A plans file cut down to what the network builder reads: a 3d_fullres and a 2d configuration."""
-    n = len(strides)
-    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-            "arch_kwargs": {"n_stages": n, "features_per_stage": [min(32 * 2 ** i, 320) for i in range(n)],
-                            "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * n,
-                            "strides": strides},
-            "_kw_requires_import": ["conv_op"]}
-    return PlansManager({"configurations": {
-        "3d_fullres": {"data_identifier": "d_3d_fullres", "patch_size": patch, "spacing": spacing,
-                       "architecture": arch},
-        "2d": {"data_identifier": "d_2d", "patch_size": patch[1:], "spacing": spacing[1:],
-               "architecture": {**arch, "arch_kwargs": {**arch["arch_kwargs"], "strides": [s[1:] for s in strides],
-                                                        "conv_op": "torch.nn.modules.conv.Conv2d"}}},
-    }})
-
-
-ANISO = _plans([20, 192, 192], [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]], [5.0, 0.8, 0.8])
-
-
-def test_trainer_class_and_short_variant():
-    assert trainers.UNETRPPTrainer.arch == "unetr_pp" and "UNETRPPTrainer" in trainers.__all__
-    short = trainers.UNETRPPTrainer_1epoch_2iters
-    assert issubclass(short, trainers.UNETRPPTrainer)
-
-
-def test_builds_from_plans_same_keys_for_training_and_inference():
-    cm = ANISO.get_configuration("3d_fullres")
+def test_builds_the_stem_remainder_strides_from_an_anisotropic_plan():
+    pm = plans_manager(ANISO_PATCH, ANISO_STRIDES, ANISO_SPACING)
     with torch.device("meta"):
-        train_net = trainers.UNETRPPTrainer.build_network_architecture(ANISO, cm, 1, 3, True)
-        infer_net = trainers.UNETRPPTrainer.build_network_architecture(ANISO, cm, 1, 3, False)
-    assert isinstance(train_net, UNETRPP) and train_net.deep_supervision and not infer_net.deep_supervision
-    assert train_net.encoder.stem_stride == (2, 4, 4)
-    assert train_net.encoder.strides == ((1, 2, 2), (1, 2, 2), (2, 2, 2))
-    sd_train, sd_infer = train_net.state_dict(), infer_net.state_dict()
-    assert sd_train.keys() == sd_infer.keys()
-    assert all(sd_train[k].shape == sd_infer[k].shape for k in sd_train)
-    with torch.device("meta"):
-        out = infer_net(torch.empty(1, 1, 20, 192, 192))
-    assert out.shape == (1, 3, 20, 192, 192)
-
-
-def test_2d_configuration_fails_at_once():
-    with pytest.raises(PlanError, match="2D"):
-        trainers.UNETRPPTrainer.build_network_architecture(ANISO, ANISO.get_configuration("2d"), 1, 3, True)
+        net = trainers.UNETRPPTrainer.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 3, True)
+    # plan total (4, 32, 32); plans.stem_remainder_strides by hand: the stem tokenizes z by 2, the rest of z
+    # is pooled in the deepest stage only
+    assert net.encoder.strides == ((2, 4, 4), (1, 2, 2), (1, 2, 2), (2, 2, 2))
+    assert net.deep_supervision_scales == [[1.0, 1.0, 1.0], [0.5, 0.25, 0.25], [0.5, 0.125, 0.125]]
