@@ -17,7 +17,7 @@ class UNETRPPTrainer(AbstractExtTrainer):
 
 class SegResMambaTrainer(AbstractExtTrainer):
     """SegResMamba (Das et al., MIDL 2025) sized from the plans, trained with nnU-Net's recipe;
-    no torch.compile (the selective scans do not compile well)."""
+    no torch.compile in training (each selective scan would break the compiled graph)."""
 
     arch = "segresmamba"
     compile_network = False
@@ -25,7 +25,7 @@ class SegResMambaTrainer(AbstractExtTrainer):
 
 class SegMambaTrainer(AbstractExtTrainer):
     """SegMamba (Xing et al., MICCAI 2024) sized from the plans, trained with nnU-Net's recipe;
-    no torch.compile (the selective scans do not compile well)."""
+    no torch.compile in training (each selective scan would break the compiled graph)."""
 
     arch = "segmamba"
     compile_network = False
