@@ -22,3 +22,14 @@ def tiny_dataset(tmp_path_factory):
     from tests.nnunet_cli import make_tiny_dataset
 
     return make_tiny_dataset(tmp_path_factory.mktemp("nnunet"))
+
+
+@pytest.fixture
+def fresh_dynamo(monkeypatch):
+    """torch.compile tests: automatic back-end choice and no compiled graphs from an earlier test."""
+    from nnunet_ext.ops import ENV_VAR
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

@@ -1,6 +1,5 @@
 """Parameter and MAC counts: exact on a known layer, training-only modules, meta equals real."""
 
-import torch
 from torch import nn
 
 from nnunet_ext.architectures import PlanSpec, available_architectures, build_network

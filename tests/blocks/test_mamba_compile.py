@@ -30,7 +30,6 @@ import torch
 
 from nnunet_ext.architectures import PlanSpec, build_network
 from nnunet_ext.blocks.mamba import MambaLayer
-from nnunet_ext.ops import ENV_VAR
 from tests.ops.precision import f32_tolerance
 
 PATCH = (16, 16, 16)
@@ -44,12 +43,7 @@ def small_network(name: str) -> torch.nn.Module:
     return build_network(name, SPEC, 1, 3, deep_supervision=False).eval()
 
 
-@pytest.fixture(autouse=True)
-def _fresh(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def assert_same_prediction(compiled: torch.Tensor, eager: torch.Tensor, tol: float) -> None:

@@ -24,12 +24,7 @@ CPU_BACKENDS = available_backends("cpu")
 BACKEND_ARGS = [None, *CPU_BACKENDS]
 
 
-@pytest.fixture(autouse=True)
-def _fresh(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def scan_inputs(b=2, e=3, n=4, length=37, seed=0, grad=False):
