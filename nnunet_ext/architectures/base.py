@@ -78,9 +78,21 @@ class ExtNetwork(AbstractDynamicNetworkArchitectures):
     - ``key_to_encoder``, ``key_to_stem``, ``keys_to_in_proj`` (every conv that reads the input) and
       ``key_to_lpe`` as in dynamic-network-architectures, for tools that transfer weights or swap
       input channels; the defaults fit a network with ``self.encoder.stem.conv``.
+    - Constructor ``(input_channels, num_classes, [patch_size,] strides, deep_supervision=...)``:
+      :meth:`from_plan` builds it from a plan (``patch_size`` only where ``patch_sized``: position
+      embeddings or token projections sized by the patch), so a registered network class needs no
+      builder function of its own.
     """
 
     training_only_modules: tuple[str, ...] = ()
+    #: the constructor takes the patch size (after ``num_classes``)
+    patch_sized: bool = False
+
+    @classmethod
+    def from_plan(cls, spec, strides, input_channels: int, num_classes: int, deep_supervision: bool):
+        """The network for ``spec`` with the registry's ``strides`` (the registry's builder)."""
+        sizes = (spec.patch_size,) if cls.patch_sized else ()
+        return cls(input_channels, num_classes, *sizes, strides, deep_supervision=deep_supervision)
 
     def __init__(self, deep_supervision: bool = True, *, key_to_encoder: str = "encoder",
                  key_to_stem: str = "encoder.stem", keys_to_in_proj: Sequence[str] = ("encoder.stem.conv",),

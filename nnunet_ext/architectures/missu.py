@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from nnunet_ext.architectures.base import ExtNetwork, check_lengths, check_patch_divisible, scales_from_strides
-from nnunet_ext.architectures.plans import PlanSpec, Strides, cumulative_strides, deepest_first_strides
+from nnunet_ext.architectures.plans import cumulative_strides, deepest_first_strides
 from nnunet_ext.architectures.registry import register_architecture
 from nnunet_ext.blocks.conv import ConvNormAct, ResidualBlock, SegmentationHeads, UpsampleBlock
 from nnunet_ext.blocks.msf import MSFPyramid
@@ -142,6 +142,10 @@ class MISSUDecoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- network
+@register_architecture("missu", trainer="MISSUTrainer", title="MISSU",
+                       paper="Wang et al., MISSU: 3D Medical Image Segmentation via Self-distilling TransUNet, "
+                             "IEEE TMI 2023",
+                       downsamplings=3, stride_rule=deepest_first_strides)
 class MISSU(ExtNetwork):
     """MISSU (Wang et al., IEEE TMI 2023): (B, C_in, Z, Y, X) -> logits (B, K, Z, Y, X), or with deep
     supervision the list at 1, 1/s_1, 1/(s_1 s_2) resolution (highest first).
@@ -165,6 +169,8 @@ class MISSU(ExtNetwork):
         dropout, attn_dropout: transformer dropouts (0.1, as in the authors' TransBTS-based code).
         deep_supervision: return the list of outputs.
     """
+
+    patch_sized = True
 
     training_only_modules = ("msf",)
 
@@ -212,12 +218,3 @@ class MISSU(ExtNetwork):
         """The (F, O) pair stored by the last training-mode forward, or None; clears it (frees memory)."""
         out, self.distillation_features = self.distillation_features, None
         return out
-
-
-@register_architecture("missu", trainer="MISSUTrainer", title="MISSU",
-                       paper="Wang et al., MISSU: 3D Medical Image Segmentation via Self-distilling TransUNet, "
-                             "IEEE TMI 2023",
-                       downsamplings=3, stride_rule=deepest_first_strides)
-def build_missu(spec: PlanSpec, strides: Strides, input_channels: int, num_classes: int,
-                deep_supervision: bool) -> MISSU:
-    return MISSU(input_channels, num_classes, spec.patch_size, strides, deep_supervision=deep_supervision)

@@ -69,13 +69,15 @@ _REGISTRY: dict[str, ArchEntry] = {}
 
 def register_architecture(name: str, *, trainer: str, title: str, paper: str, downsamplings: int | None,
                           stride_rule: StrideRule):
-    """Decorator: register ``builder(spec, strides, input_channels, num_classes, deep_supervision)``,
-    whose ``strides`` are ``stride_rule(spec, downsamplings)``."""
+    """Decorator: register a network class (built by its ``from_plan``) or a function
+    ``builder(spec, strides, input_channels, num_classes, deep_supervision)``; ``strides`` are
+    ``stride_rule(spec, downsamplings)``."""
 
     def deco(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"architecture '{name}' is registered twice")
-        _REGISTRY[name] = ArchEntry(name, builder, trainer, title, paper, downsamplings, stride_rule)
+        make = builder.from_plan if isinstance(builder, type) else builder
+        _REGISTRY[name] = ArchEntry(name, make, trainer, title, paper, downsamplings, stride_rule)
         return builder
 
     return deco

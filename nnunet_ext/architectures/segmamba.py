@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from nnunet_ext.architectures.base import ExtNetwork, StagedEncoder, check_lengths, scales_from_strides
-from nnunet_ext.architectures.plans import PlanSpec, Strides, cumulative_strides, stem_first_strides
+from nnunet_ext.architectures.plans import cumulative_strides, stem_first_strides
 from nnunet_ext.architectures.registry import register_architecture
 from nnunet_ext.blocks.conv import ConvNormAct, ResidualBlock, SegmentationHeads, UpsampleBlock
 from nnunet_ext.blocks.gsc import TSMambaBlock
@@ -106,6 +106,11 @@ class SegMambaDecoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------- the network
+@register_architecture(
+    "segmamba", trainer="SegMambaTrainer", title="SegMamba",
+    paper="Xing et al., SegMamba: Long-range Sequential Modeling Mamba for 3D Medical Image Segmentation, "
+          "MICCAI 2024",
+    downsamplings=4, stride_rule=stem_first_strides)
 class SegMamba(ExtNetwork):
     """SegMamba: (B, C_in, Z, Y, X) -> (B, K, Z, Y, X) logits, or with ``deep_supervision`` a list
     of 4 (input resolution, then after the first 1, 2 and 3 down-samplings).
@@ -161,13 +166,3 @@ class SegMamba(ExtNetwork):
 
     def forward(self, x: torch.Tensor):
         return self.decoder(x, self.encoder(x), self.deep_supervision)
-
-
-@register_architecture(
-    "segmamba", trainer="SegMambaTrainer", title="SegMamba",
-    paper="Xing et al., SegMamba: Long-range Sequential Modeling Mamba for 3D Medical Image Segmentation, "
-          "MICCAI 2024",
-    downsamplings=4, stride_rule=stem_first_strides)
-def build_segmamba(spec: PlanSpec, strides: Strides, input_channels: int, num_classes: int,
-                   deep_supervision: bool) -> SegMamba:
-    return SegMamba(input_channels, num_classes, strides, deep_supervision=deep_supervision)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from nnunet_ext.architectures.base import ExtNetwork, StagedEncoder, check_lengths, scales_from_strides
-from nnunet_ext.architectures.plans import PlanSpec, Strides, cumulative_strides, deepest_first_strides
+from nnunet_ext.architectures.plans import cumulative_strides, deepest_first_strides
 from nnunet_ext.architectures.registry import register_architecture
 from nnunet_ext.blocks.conv import ConvNormAct, ResidualBlock, SegmentationHeads, UpsampleBlock
 from nnunet_ext.blocks.mamba import MambaLayer
@@ -112,6 +112,10 @@ class SegResMambaDecoder(nn.Module):
         return self.heads(features[::-1], deep_supervision)  # highest resolution first
 
 
+@register_architecture("segresmamba", trainer="SegResMambaTrainer", title="SegResMamba",
+                       paper="Das et al., SegResMamba: An Efficient Architecture for 3D Medical Image "
+                             "Segmentation, MIDL 2025",
+                       downsamplings=3, stride_rule=deepest_first_strides)
 class SegResMamba(ExtNetwork):
     """SegResMamba: (B, C_in, Z, Y, X) -> (B, K, Z, Y, X) logits, or with deep supervision a list
     of ``len(widths) - 1`` logits at strides 1, strides[0], strides[0] * strides[1], ...
@@ -182,12 +186,3 @@ class SegResMamba(ExtNetwork):
         self.deep_supervision_scales = scales_from_strides(self.decoder.output_strides)
         # convs get nnU-Net's He init; ToM's Linears and SSM parameters keep the Mamba block's own
         self.apply(self.initialize)
-
-
-@register_architecture("segresmamba", trainer="SegResMambaTrainer", title="SegResMamba",
-                       paper="Das et al., SegResMamba: An Efficient Architecture for 3D Medical Image "
-                             "Segmentation, MIDL 2025",
-                       downsamplings=3, stride_rule=deepest_first_strides)
-def build_segresmamba(spec: PlanSpec, strides: Strides, input_channels: int, num_classes: int,
-                      deep_supervision: bool) -> SegResMamba:
-    return SegResMamba(input_channels, num_classes, strides, deep_supervision=deep_supervision)

@@ -18,7 +18,7 @@ from torch import nn
 
 from nnunet_ext.architectures.base import (ExtNetwork, StagedEncoder, check_lengths, check_patch_divisible,
                                            scales_from_strides)
-from nnunet_ext.architectures.plans import PlanSpec, Strides, cumulative_strides, stem_remainder_strides
+from nnunet_ext.architectures.plans import cumulative_strides, stem_remainder_strides
 from nnunet_ext.architectures.registry import register_architecture
 from nnunet_ext.blocks.conv import ConvNormAct, ResidualBlock, SegmentationHeads, UpsampleBlock
 from nnunet_ext.blocks.epa import EPABlock
@@ -105,6 +105,9 @@ class UNETRPPDecoder(nn.Module):
         return self.heads(features, deep_supervision)
 
 
+@register_architecture("unetr_pp", trainer="UNETRPPTrainer", title="UNETR++",
+                       paper="Shaker et al., UNETR++, IEEE TMI 2024",
+                       downsamplings=4, stride_rule=stem_remainder_strides)
 class UNETRPP(ExtNetwork):
     """UNETR++: (B, C_in, Z, Y, X) -> (B, K, Z, Y, X) logits, or with deep supervision a list of
     3 logits at strides 1, strides[0] and strides[0] * strides[1] (highest resolution first).
@@ -140,6 +143,8 @@ class UNETRPP(ExtNetwork):
             :class:`~nnunet_ext.blocks.epa.EPABlock`. The defaults are the paper's (Synapse) block.
         deep_supervision: return the list of outputs.
     """
+
+    patch_sized = True
 
     def __init__(self, input_channels: int, num_classes: int, patch_size: Sequence[int] = (64, 128, 128),
                  strides: Sequence[Sequence[int]] = ((2, 4, 4), (2, 2, 2), (2, 2, 2), (2, 2, 2)),
@@ -179,11 +184,3 @@ class UNETRPP(ExtNetwork):
         self.key_to_lpe = next((name for name, _ in self.named_parameters() if name.endswith("pos_embed")), None)
         # convs get nnU-Net's He init; EPA's Linears are initialised by the block itself
         self.apply(self.initialize)
-
-
-@register_architecture("unetr_pp", trainer="UNETRPPTrainer", title="UNETR++",
-                       paper="Shaker et al., UNETR++, IEEE TMI 2024",
-                       downsamplings=4, stride_rule=stem_remainder_strides)
-def build_unetr_pp(spec: PlanSpec, strides: Strides, input_channels: int, num_classes: int,
-                   deep_supervision: bool) -> UNETRPP:
-    return UNETRPP(input_channels, num_classes, spec.patch_size, strides, deep_supervision=deep_supervision)
