@@ -10,11 +10,11 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ext.trainers.base import AbstractExtTrainer
 from nnunet_ext.trainers.missu import MISSUTrainer, MISSUTrainerNoDistillation
-from nnunet_ext.trainers.networks import SegMambaTrainer, SegResMambaTrainer, SmallUNetTrainer, UNETRPPTrainer
+from nnunet_ext.trainers.networks import *  # noqa: F401,F403  (one class per registered network)
+from nnunet_ext.trainers.networks import __all__ as _network_trainers
 from nnunet_ext.trainers.variants import make_variant, parse_variant
 
-__all__ = ["AbstractExtTrainer", "MISSUTrainer", "MISSUTrainerNoDistillation", "SegMambaTrainer",
-           "SegResMambaTrainer", "SmallUNetTrainer", "UNETRPPTrainer"]
+__all__ = ["AbstractExtTrainer", "MISSUTrainer", "MISSUTrainerNoDistillation", *_network_trainers]
 
 
 def __getattr__(name: str):

@@ -2,6 +2,8 @@
 
 from nnunet_ext.trainers.base import AbstractExtTrainer
 
+__all__ = ["SmallUNetTrainer", "UNETRPPTrainer", "SegResMambaTrainer", "SegMambaTrainer"]
+
 
 class SmallUNetTrainer(AbstractExtTrainer):
     """A small plain U-Net from the plans; the spine's proof trainer (fast on CPU)."""
