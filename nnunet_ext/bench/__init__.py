@@ -4,6 +4,8 @@ It sits beside the layers it measures: it may import :mod:`nnunet_ext.ops`, :mod
 and :mod:`nnunet_ext.architectures`, the CLI imports it, and none of those imports it.
 
 - :mod:`.counts`: parameters and MACs of a network (``nnunet-ext summary``).
+- :mod:`.gpu_check`: the first-GPU check (``nnunet-ext gpu-check``): scan back-ends against the
+  reference, each network's AMP training step, memory and stability, the back-end ``auto`` picks.
 - :mod:`.harness`: how every time is taken (``torch.utils.benchmark.Timer``) and how each
   measurement runs in a fresh interpreter.
 - :mod:`.memory`: peak memory of this process (CUDA allocator, or peak resident set on CPU).

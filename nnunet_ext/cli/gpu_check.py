@@ -1,0 +1,58 @@
+"""``nnunet-ext gpu-check``: the checks for the first machine with a GPU (see
+:mod:`nnunet_ext.bench.gpu_check`), as one table on stdout and one JSON file."""
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "gpu-check", help="check the scan back-ends and every paper network on a GPU (a few minutes)",
+        description="On a CUDA machine: every selective-scan back-end against the reference (error, and "
+                    "throughput at SegMamba's 262 144-token first stage); which back-end 'auto' picks and why; "
+                    "each paper network at 128³, batch 2, 4 input channels, 4 classes with its own trainer's "
+                    "loss and nnU-Net's AMP: training-step time and peak memory, inference time and memory "
+                    "per patch (SegMamba beside its paper's numbers), and 20 AMP steps free of NaN/inf. "
+                    "Prints one table, writes the details as JSON; exits 1 when a check fails.")
+    p.add_argument("--out", default="gpu_check.json", metavar="JSON",
+                   help="where to write the report (default gpu_check.json)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run the whole check on the CPU at tiny sizes (16³ patch, L 1024, 2 steps under "
+                        "bfloat16 autocast) to see that it works before using a GPU machine")
+    p.add_argument("--networks", nargs="+", metavar="ARCH",
+                   help="check only these networks (default: segmamba segresmamba unetr_pp missu)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from nnunet_ext import trainers
+    from nnunet_ext.architectures import available_architectures, get_architecture
+    from nnunet_ext.bench import gpu_check
+    from nnunet_ext.cli._checks import fail
+    from nnunet_ext.io import write_json
+
+    unknown = [a for a in args.networks or () if a not in available_architectures()]
+    if unknown:
+        raise fail("gpu-check", f"--networks: unknown network(s) {', '.join(unknown)}; "
+                                f"known: {', '.join(available_architectures())}")
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise fail("gpu-check", f"--out {args.out}: give a file in an existing folder, e.g. --out gpu_check.json")
+    if not args.dry_run and not torch.cuda.is_available():
+        raise fail("gpu-check", "torch sees no CUDA device here; run `nnunet-ext gpu-check --dry-run` to try the "
+                                "check on the CPU, or run it on a GPU machine")
+
+    def progress(section, row):
+        detail = row.get("reason") or ""
+        print(f"  {section}: {gpu_check.row_subject(row)} {row['status']} {detail}".rstrip(), file=sys.stderr,
+              flush=True)
+
+    report = gpu_check.run_check(lambda arch: getattr(trainers, get_architecture(arch).trainer),
+                                 dry_run=args.dry_run, networks=args.networks, progress=progress)
+    write_json(report, out)
+    print(gpu_check.format_table(report))
+    print(f"\nreport written to {out}")
+    return 0 if report["ok"] else 1
