@@ -182,5 +182,8 @@ class UNETRPP(ExtNetwork):
         self.deep_supervision_scales = scales_from_strides(self.decoder.output_strides)
         # one position embedding per EPA block; key_to_lpe names the first
         self.key_to_lpe = next((name for name, _ in self.named_parameters() if name.endswith("pos_embed")), None)
-        # convs get nnU-Net's He init; EPA's Linears are initialised by the block itself
-        self.apply(self.initialize)
+        # Our choice: convolutions keep PyTorch's default init and EPA initialises its Linears
+        # (trunc-normal 0.02). nnU-Net's He init (a=1e-2) on these convolutions makes the logits grow
+        # through the decoder's un-normalised skip additions and residual blocks to hundreds or
+        # thousands at initialisation (tests/architectures/test_init_scale.py), a start the loss
+        # has to unlearn first.
