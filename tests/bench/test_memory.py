@@ -22,12 +22,18 @@ def _phases(device):
 
 
 def test_cpu_peak_resident_set():
+    # in a fresh interpreter, as the benchmark measures: a long-lived test process may hold freed,
+    # still-resident heap pages that a new tensor reuses without raising the resident set
+    from nnunet_ext.bench.harness import run_isolated
+    from tests.bench import workers
+
     assert peak_rss_bytes() > 0
-    if not PeakMemory("cpu").resettable:
+    row = run_isolated(workers.cpu_memory_phases, {}, threads=1, timeout=120)
+    assert "error" not in row, row
+    if not row["resettable"]:
         pytest.skip("the peak resident set cannot be lowered here (not Linux)")
-    first, second = _phases("cpu")
-    assert first >= 60 * MIB                # page-granular, minus whatever the baseline rounded
-    assert 0 <= second < 32 * MIB           # the 64 MiB peak was forgotten at reset()
+    assert row["first"] >= 60 * MIB         # page-granular, minus whatever the baseline rounded
+    assert 0 <= row["second"] < 32 * MIB    # the 64 MiB peak was forgotten at reset()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
