@@ -24,14 +24,9 @@ from typing import Callable
 
 import torch
 
-#: ``torch.library.custom_op`` exists (torch >= 2.4); without it every compiled call graph-breaks
-HAVE_CUSTOM_OP = hasattr(torch.library, "custom_op")
-
-
 def compiling() -> bool:
     """True while dynamo (torch.compile / torch.export) traces the caller."""
-    fn = getattr(torch.compiler, "is_compiling", None) or getattr(torch._dynamo, "is_compiling", None)
-    return bool(fn()) if fn is not None else False
+    return torch.compiler.is_compiling()
 
 
 def needs_grad(*tensors) -> bool:

@@ -46,7 +46,7 @@ def causal_conv1d(x, weight, bias=None, activation=None, backend=None):
     args = (x, weight, bias, activation, backend)
     if not _opaque.compiling():
         return _dispatch(*args)
-    if _CONV_OP is None or _opaque.needs_grad(x, weight, bias):
+    if _opaque.needs_grad(x, weight, bias):
         return _dispatch_graph_break(*args)
     return _CONV_OP(*args)
 
@@ -71,22 +71,23 @@ def causal_conv1d_torch(x, weight, bias=None, activation=None):
 
 _dispatch_graph_break = _opaque.graph_break(_dispatch)
 
-_CONV_OP = None
-if _opaque.HAVE_CUSTOM_OP:
-    @torch.library.custom_op(
-        "nnunet_ext::causal_conv1d", mutates_args=(),
-        schema="(Tensor x, Tensor weight, Tensor? bias, str? activation, str? backend) -> Tensor")
-    def _conv_op(x, weight, bias, activation, backend):
-        """:func:`causal_conv1d` computed in x's dtype (weight and bias cast to it, autocast off,
-        so the dtype does not depend on the autocast state the compiled code runs in);
-        contiguous (B, D, L)."""
-        with torch.autocast(x.device.type, enabled=False):
-            b = None if bias is None else bias.to(x.dtype)
-            return _dispatch(x, weight.to(x.dtype), b, activation, backend).to(x.dtype).contiguous()
 
-    @_conv_op.register_fake
-    def _conv_op_fake(x, weight, bias, activation, backend):
-        return x.new_empty(x.shape)
+@torch.library.custom_op(
+    "nnunet_ext::causal_conv1d", mutates_args=(),
+    schema="(Tensor x, Tensor weight, Tensor? bias, str? activation, str? backend) -> Tensor")
+def _conv_op(x, weight, bias, activation, backend):
+    """:func:`causal_conv1d` computed in x's dtype (weight and bias cast to it, autocast off,
+    so the dtype does not depend on the autocast state the compiled code runs in);
+    contiguous (B, D, L)."""
+    with torch.autocast(x.device.type, enabled=False):
+        b = None if bias is None else bias.to(x.dtype)
+        return _dispatch(x, weight.to(x.dtype), b, activation, backend).to(x.dtype).contiguous()
 
-    _conv_op.register_autograd(_opaque.no_backward("nnunet_ext::causal_conv1d", "nnunet_ext.ops.causal_conv1d"))
-    _CONV_OP = torch.ops.nnunet_ext.causal_conv1d
+
+@_conv_op.register_fake
+def _conv_op_fake(x, weight, bias, activation, backend):
+    return x.new_empty(x.shape)
+
+
+_conv_op.register_autograd(_opaque.no_backward("nnunet_ext::causal_conv1d", "nnunet_ext.ops.causal_conv1d"))
+_CONV_OP = torch.ops.nnunet_ext.causal_conv1d

@@ -81,7 +81,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend)
     if not _opaque.compiling():
         return _dispatch(*args)
-    if _SCAN_OP is None or _opaque.needs_grad(u, delta, A, B, C, D, z, delta_bias):
+    if _opaque.needs_grad(u, delta, A, B, C, D, z, delta_bias):
         return _dispatch_graph_break(*args)
     y, last = _SCAN_OP(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), backend)
     return (y, last) if return_last_state else y
@@ -118,24 +118,25 @@ def _dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_s
 
 _dispatch_graph_break = _opaque.graph_break(_dispatch)
 
-_SCAN_OP = None
-if _opaque.HAVE_CUSTOM_OP:
-    @torch.library.custom_op(
-        "nnunet_ext::selective_scan", mutates_args=(),
-        schema="(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
-               "Tensor? delta_bias, bool delta_softplus, str? backend) -> (Tensor, Tensor)")
-    def _scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
-        """:func:`selective_scan` with ``return_last_state=True``: y (B, E, L) in u's dtype and the
-        last state (B, E, N), both contiguous."""
-        y, last = _dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True, backend)
-        return y.to(u.dtype).contiguous(), last.contiguous()
 
-    @_scan_op.register_fake
-    def _scan_op_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
-        return u.new_empty(u.shape), u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=_state_dtype(u))
+@torch.library.custom_op(
+    "nnunet_ext::selective_scan", mutates_args=(),
+    schema="(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+           "Tensor? delta_bias, bool delta_softplus, str? backend) -> (Tensor, Tensor)")
+def _scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+    """:func:`selective_scan` with ``return_last_state=True``: y (B, E, L) in u's dtype and the
+    last state (B, E, N), both contiguous."""
+    y, last = _dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True, backend)
+    return y.to(u.dtype).contiguous(), last.contiguous()
 
-    _scan_op.register_autograd(_opaque.no_backward("nnunet_ext::selective_scan", "nnunet_ext.ops.selective_scan"))
-    _SCAN_OP = torch.ops.nnunet_ext.selective_scan
+
+@_scan_op.register_fake
+def _scan_op_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+    return u.new_empty(u.shape), u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=_state_dtype(u))
+
+
+_scan_op.register_autograd(_opaque.no_backward("nnunet_ext::selective_scan", "nnunet_ext.ops.selective_scan"))
+_SCAN_OP = torch.ops.nnunet_ext.selective_scan
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
