@@ -38,7 +38,6 @@ def patch_and_spacing(command: str, patch: Sequence[int], spacing: Sequence[floa
 
     from nnunet_ext.architectures import PlanSpec
 
-    _, _, _, planned, _ = get_pool_and_conv_props(list(spacing), list(patch), 4, 999999)
     spec = PlanSpec.from_patch(patch, spacing)
     if all(s == 1 for stride in spec.strides for s in stride):
         raise fail(command, f"--patch {shown} is too small for a U-Net: nnU-Net's planner makes no down-sampling "
@@ -47,6 +46,7 @@ def patch_and_spacing(command: str, patch: Sequence[int], spacing: Sequence[floa
     bad = [a for a in range(3) if patch[a] % spec.total_stride[a]]
     if bad:
         a, d = bad[0], spec.total_stride[bad[0]]
+        _, _, _, planned, _ = get_pool_and_conv_props(list(spacing), list(patch), 4, 999999)
         raise fail(command, f"--patch {shown} is not divisible by the total stride "
                             f"{' '.join(map(str, spec.total_stride))} nnU-Net's planner gives it (axis {'ZYX'[a]}: "
                             f"{patch[a]} % {d} = {patch[a] % d}); nnU-Net would plan --patch "

@@ -421,7 +421,8 @@ def build_demo_dataset(raw_root: str | os.PathLike, dataset_id: int = DEMO_DATAS
     num_train, num_test, seed, spacing_mm = int(num_train), int(num_test), int(seed), float(spacing_mm)
     raw_root = Path(raw_root)
     target = demo_dataset_path(raw_root, dataset_id, name)
-    wanted = _dataset_json(name, num_train, num_test, spacing_mm, seed)["nnunet_ext_demo"]
+    dataset_json = _dataset_json(name, num_train, num_test, spacing_mm, seed)
+    wanted = dataset_json["nnunet_ext_demo"]
 
     def log(msg: str) -> None:
         if progress:
@@ -461,7 +462,7 @@ def build_demo_dataset(raw_root: str | os.PathLike, dataset_id: int = DEMO_DATAS
             image, label, origin = make_demo_case(templates, spacing_mm, rng)
             _write_nifti(image, tmp / f"images{split}" / f"{case}{_IMAGE_SUFFIX}", spacing_mm, origin)
             _write_nifti(label, tmp / f"labels{split}" / f"{case}{_FILE_ENDING}", spacing_mm, origin)
-        write_json(_dataset_json(name, num_train, num_test, spacing_mm, seed), tmp / "dataset.json")
+        write_json(dataset_json, tmp / "dataset.json")
         if target.exists():  # overwrite=True: move the old one aside only now that the new one is complete
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=raw_root))
             os.replace(target, old / "dataset")
