@@ -7,6 +7,7 @@ go through :mod:`nnunet_ext.io`, each written complete or not at all.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from nnunet_ext.io import format_number
@@ -42,18 +43,25 @@ def report_test_cases(raw_dir: Path, pred_dir: Path, out_dir: Path, overlays: bo
 
 
 def comparison_table(rows: list[dict]) -> str:
-    """Markdown: one row per trainer; s/iteration also as a ratio to stock nnUNetTrainer's when present."""
+    """Markdown: one row per trainer; s/iteration also as a ratio to stock nnUNetTrainer's when present;
+    the last EMA pseudo-Dice of training (fold mean), and how far the cross-validation Dice (mean over
+    folds) lies above the held-out test Dice (mean over classes)."""
     num = format_number
     ref = next((r["s_per_iteration"] for r in rows if r["trainer"].startswith("nnUNetTrainer_")), None)
     classes = list(rows[0]["test_dice"])
-    head = (["trainer", "s/iteration", "× nnU-Net", "training wall s", "validation Dice (folds)"]
-            + [f"test Dice {c}" for c in classes] + ["test Dice mean", "HD95 mm", "NSD@1mm"])
+    head = (["trainer", "s/iteration", "× nnU-Net", "training wall s", "validation Dice (folds)",
+             "final EMA pseudo-Dice"] + [f"test Dice {c}" for c in classes]
+            + ["test Dice mean", "validation − test", "HD95 mm", "NSD@1mm"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         s, o = r["s_per_iteration"], r["test_overall"]
         ratio = s / ref if s is not None and ref else None
+        val = list(r["validation_dice"].values())
+        gap = statistics.fmean(val) - o["dice"] if val else None
+        ema = r["curve"]["ema_pseudo_dice"][-1] if r["curve"]["ema_pseudo_dice"] else None
         vals = [r["trainer"], num(s, 2), num(ratio, 2), num(r["training_wall_s"], 0),
-                " / ".join(num(d, 3) for d in r["validation_dice"].values())]
-        vals += [num(r["test_dice"][c], 3) for c in classes] + [num(o["dice"], 3), num(o["hd95"], 2), num(o["nsd"], 3)]
+                " / ".join(num(d, 3) for d in val), num(ema, 3)]
+        vals += ([num(r["test_dice"][c], 3) for c in classes]
+                 + [num(o["dice"], 3), num(gap, 3), num(o["hd95"], 2), num(o["nsd"], 3)])
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)

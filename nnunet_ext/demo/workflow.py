@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 from nnunet_ext.demo import dataset as demo_data
+from nnunet_ext.demo.curves import mean_curve, read_curve, read_log, save_learning_curves
 from nnunet_ext.demo.report import comparison_table, report_test_cases
 from nnunet_ext.io import write_json, write_text
 
@@ -192,9 +193,11 @@ def run_demo(trainers: list[str], epochs: int, iters: int, folds: list[int], dev
         print("\n==> Side by side (same data, plans, epochs and iterations; s/iteration: median of nnU-Net's "
               f"train_step after the first epoch, on {device})\n    " + table.replace("\n", "\n    "))
         stem = wf.out / f"comparison_{'-'.join(trainers)}_{epochs}x{iters}_{folds_tag(folds)}"
-        write_text(table + "\n", f"{stem}.md")
+        png = save_learning_curves({r["trainer"]: r["curve"] for r in rows}, Path(f"{stem}_learning_curves.png"),
+                                   title=f"{wf.dataset_name}, {folds_tag(folds)}, {epochs} x {iters} iterations")
+        write_text(f"{table}\n\n![learning curves]({png.name})\n", f"{stem}.md")
         write_json(rows, f"{stem}.json")
-        print(f"    written to {stem}.md and .json")
+        print(f"    written to {stem}.md and .json; learning curves: {png}")
     print(f"\nTotal wall time {time.time() - t_start:.0f} s.")
     return rows
 
@@ -300,6 +303,7 @@ def run_trainer(wf: Workflow, base: str, epochs: int, iters: int, folds: list[in
                                                            str(fold), "-tr", trainer, "-device", wf.device])
         write_json(wall, wall_file)
     val_dice = {f: _validation_dice(folds_dir / f"fold_{f}") for f in folds}
+    curve = mean_curve([read_curve(read_log(folds_dir / f"fold_{f}"), iters) for f in folds])
     print("\n==> cross-validation Dice (nnU-Net's validation of each fold): "
           + ", ".join(f"fold {f} {d:.3f}" for f, d in val_dice.items()))
 
@@ -330,7 +334,9 @@ def run_trainer(wf: Workflow, base: str, epochs: int, iters: int, folds: list[in
 
     # 6. evaluate
     res = report_test_cases(raw_dir, pred_dir, run_dir)
-    print(f"    models: {folds_dir}\n    predictions: {pred_dir}")
+    png = save_learning_curves({trainer: curve}, run_dir / "learning_curves.png",
+                               title=f"{wf.dataset_name}, {folds_tag(folds)}")
+    print(f"    learning curves: {png}\n    models: {folds_dir}\n    predictions: {pred_dir}")
     steps = [read_step_times(folds_dir / f"fold_{f}") for f in folds]
     steps = [s["median_s_per_iteration"] for s in steps if s]
     return {"trainer": trainer, "folds": list(folds),
@@ -338,7 +344,7 @@ def run_trainer(wf: Workflow, base: str, epochs: int, iters: int, folds: list[in
             "training_wall_s": sum(wall[str(f)] for f in folds) if all(str(f) in wall for f in folds) else None,
             "validation_dice": {str(f): d for f, d in val_dice.items()}, "best_configuration": best,
             "test_dice": {res["labels"][k]: m["dice"] for k, m in res["mean"].items()},
-            "test_overall": res["overall"]}
+            "test_overall": res["overall"], "curve": curve}
 
 
 def _validation_dice(fold_dir: Path) -> float:

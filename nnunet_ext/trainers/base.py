@@ -8,6 +8,7 @@ nnU-Net: data loading, augmentation, DC+CE loss with deep supervision, SGD + pol
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -28,6 +29,11 @@ class AbstractExtTrainer(nnUNetTrainer):
     arch: str = ""
     #: set False where torch.compile does not work with the network (Mamba scans)
     compile_network: bool = True
+    #: deep-supervision weights. False: nnU-Net's rule, 1/2^i for output i and 0 for the
+    #: lowest-resolution one (right for its U-Net, whose lowest output sits next to the bottleneck).
+    #: True: 1/2^i for every output, normalised -- for a network whose paper trains every head
+    #: (with nnU-Net's rule one of its few heads would never learn)
+    weight_every_output: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -61,6 +67,15 @@ class AbstractExtTrainer(nnUNetTrainer):
         if not self.enable_deep_supervision:
             return None
         return [list(s) for s in self._plain_network().deep_supervision_scales]
+
+    def _build_loss(self):
+        """nnU-Net's loss (DC + CE, deep supervision); with :attr:`weight_every_output` the
+        deep-supervision weights are 1/2^i over all outputs, normalised to sum 1."""
+        loss = super()._build_loss()
+        if self.enable_deep_supervision and self.weight_every_output:
+            weights = 0.5 ** np.arange(len(self._get_deep_supervision_scales()))
+            loss.weight_factors = tuple(weights / weights.sum())
+        return loss
 
     def _do_i_compile(self) -> bool:
         if not self.compile_network:

@@ -12,9 +12,13 @@ class SmallUNetTrainer(AbstractExtTrainer):
 
 
 class UNETRPPTrainer(AbstractExtTrainer):
-    """UNETR++ (Shaker et al., IEEE TMI 2024) sized from the plans, trained with nnU-Net's recipe."""
+    """UNETR++ (Shaker et al., IEEE TMI 2024) sized from the plans, trained with nnU-Net's recipe
+    (which is also the paper's: SGD, Nesterov momentum 0.99, lr 0.01 with poly decay, weight decay 3e-5,
+    gradient clipping at 12); its three deep-supervision heads all weighted 1/2^i, as the paper's code
+    does, rather than nnU-Net's rule, which would leave the lowest-resolution head untrained."""
 
     arch = "unetr_pp"
+    weight_every_output = True
 
 
 class SegResMambaTrainer(AbstractExtTrainer):

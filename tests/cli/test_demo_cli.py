@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.nnunet_cli import BIN, clean_env
 
@@ -59,6 +60,14 @@ def test_demo_runs_the_workflow_for_two_trainers_compares_and_reuses(tmp_path):
         assert r["test_overall"]["dice"] == metrics["overall"]["dice"] and r["s_per_iteration"] > 0
         assert set(r["validation_dice"]) == {"0"} and 0 <= r["validation_dice"]["0"] <= 1
         assert r["training_wall_s"] > 0
+        # the learning curve is nnU-Net's log of the fold, against iterations (1 epoch x 3)
+        log = torch.load(results / f"{r['trainer']}__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth",
+                         map_location="cpu", weights_only=False)["logging"]
+        assert r["curve"]["iterations"] == [3] and r["curve"]["ema_pseudo_dice"] == [float(log["ema_fg_dice"][0])]
+        assert (results / "nnunet_ext_demo" / r["trainer"] / "folds_0" / "learning_curves.png").is_file()
+    png = comparison.with_name(comparison.stem + "_learning_curves.png")
+    assert f"![learning curves]({png.name})" in comparison.with_suffix(".md").read_text()
+    assert png.stat().st_size > 0 and f"learning curves: {png}" in out
     table = out[out.index("==> Side by side"):]
     assert table.count("| SmallUNetTrainer_1epoch_3iters |") == 1 and "| nnUNetTrainer_1epoch_3iters | " in table
     ratio = rows[0]["s_per_iteration"] / rows[1]["s_per_iteration"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("nilearn")
 sitk = pytest.importorskip("SimpleITK")
@@ -104,7 +105,10 @@ class FakeStock:
         if cmd[0] == "nnUNetv2_train":
             fold = self.wf.results(cmd[5]) / f"fold_{cmd[3]}"
             (fold / "validation").mkdir(parents=True, exist_ok=True)
-            (fold / "checkpoint_final.pth").write_bytes(b"model")
+            # nnU-Net's training log of one epoch (the trainer name the tests use trains 1 epoch)
+            torch.save({"logging": {"train_losses": [0.9], "val_losses": [0.8], "mean_fg_dice": [0.4],
+                                    "ema_fg_dice": [0.04], "dice_per_class_or_region": [[0.3, 0.5]]}},
+                       fold / "checkpoint_final.pth")
             (fold / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {"Dice": 0.5}}))
         elif cmd[0] == "nnUNetv2_predict":
             out = Path(cmd[cmd.index("-o") + 1])
@@ -141,7 +145,9 @@ def test_test_predictions_belong_to_their_folds_and_checkpoints(wf, monkeypatch,
     row, _ = demo(0, 1)
     assert stock.take() == [("nnUNetv2_train", "0"), ("nnUNetv2_train", "1"), ("nnUNetv2_predict", ["0", "1"])]
     assert row["test_overall"]["dice"] == 1.0
+    assert row["curve"]["iterations"] == [2] and row["curve"]["ema_pseudo_dice"] == [0.04]
     run01 = wf.out / trainer / "folds_0_1"
+    assert (run01 / "learning_curves.png").stat().st_size > 0
     stamp = json.loads((run01 / "test_predictions" / workflow.PREDICTION_STAMP).read_text())
     assert stamp["trainer"] == trainer and stamp["folds"] == [0, 1] and set(stamp["checkpoints"]) == {"0", "1"}
 

@@ -7,9 +7,7 @@ import torch
 import nnunet_ext.trainers as trainers
 from nnunet_ext.blocks.distillation import self_distillation_loss
 from nnunet_ext.trainers.missu import MISSUTrainer, MISSUTrainerNoDistillation, SegmentationWithDistillationLoss
-from tests.plans import make_plans
-
-PATCH = [16, 32, 32]
+from tests.trainers.conftest import PATCH
 
 
 def test_loss_combination():
@@ -27,25 +25,6 @@ def test_loss_combination():
     assert f[0].grad.abs().sum() > 0 and o[0].grad.abs().sum() > 0
     # no features (an eval-mode forward): the segmentation loss alone
     torch.testing.assert_close(loss(out, tgt), torch.tensor(1.0))
-
-
-@pytest.fixture
-def make_trainer(tmp_path, monkeypatch):
-    """A real trainer from a minimal plan (no dataset: train_step is fed a synthetic batch)."""
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
-    data = tmp_path / "pre" / "Dataset998_Probe" / "nnUNetPlans_3d_fullres"
-    data.mkdir(parents=True)
-    (data / "case.b2nd").touch()  # lets nnU-Net infer its dataset class
-    dataset_json = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "b": 2},
-                    "numTraining": 2, "file_ending": ".nii.gz"}
-
-    def make(cls):
-        t = cls(make_plans(PATCH, [[1, 1, 1]] + [[2, 2, 2]] * 3), "3d_fullres", 0, dataset_json, torch.device("cpu"))
-        t.initialize()
-        return t
-
-    return make
 
 
 def _batch():
