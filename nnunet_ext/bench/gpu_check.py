@@ -4,9 +4,11 @@ Sections of the report (:func:`run_check`; each is a list of rows in the JSON):
 
 - ``backend_choice``: for each device kind and op (scan, conv), the back-end ``auto`` picks and
   why -- the reason and fix of :mod:`nnunet_ext.ops.backends`' ``SlowBackendWarning`` when it
-  passes over a faster kernel, or that nothing faster is missing.
+  falls back to ``torch``, why mamba-ssm's kernel was passed over when our Triton kernel runs
+  instead (order on CUDA: cuda -> triton -> torch), or that nothing faster is missing.
 - ``scan``: every back-end of :data:`nnunet_ext.ops.backends.BACKENDS` (``fused`` on CPU tensors,
-  the others on the check's device) on SegMamba's call (z gate, D, delta_bias, softplus):
+  the others -- ``cuda``, ``triton``, ``torch`` -- on the check's device; in the CPU dry run the two
+  GPU kernels are ``skipped`` rows) on SegMamba's call (z gate, D, delta_bias, softplus):
   forward and gradient error against the sequential reference computed in float64 on the CPU
   (largest absolute difference over the largest reference magnitude, at ``check_length``
   tokens), then forward and forward+backward time at ``scan_shape`` (B 1, E 96, N 16, L 262 144:
@@ -191,6 +193,10 @@ def backend_choice(device: str) -> list[dict]:
                 except backends.BackendUnavailableError as e:
                     row.update(chosen=None, status="fail", reason=str(e))
             slow = [str(w.message) for w in seen if issubclass(w.category, backends.SlowBackendWarning)]
+            if "reason" not in row and row["chosen"] == "triton" and requested == "auto":
+                why = backends._probe_cuda_call(op, None)
+                row["reason"] = ("our Triton kernel runs; mamba-ssm's kernel (faster) cannot: "
+                                 f"{why.reason}. Fix: {why.fix}" if why is not None else "our Triton kernel runs")
             if "reason" not in row:
                 row["reason"] = (slow[0] if slow else
                                  f"forced by {backends.ENV_VAR}={requested}" if requested != "auto" else
@@ -309,6 +315,10 @@ def _unavailable(name: str, device: str) -> str | None:
         return "needs a CUDA device"
     if name == "cuda" and device != "cuda":
         return "needs CUDA tensors (the dry run is on the CPU)"
+    if name == "triton" and device != "cuda":
+        return ("needs CUDA tensors (the dry run is on the CPU; on CPU tensors the Triton kernels run only in "
+                "Triton's interpreter, far too slowly for these sizes: tests/ops/test_scan_triton.py checks them "
+                "that way at tiny sizes)")
     try:
         backends.resolve_backend(torch.device(device), name)
     except (backends.BackendUnavailableError, ValueError) as e:

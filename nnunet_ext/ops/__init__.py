@@ -1,4 +1,5 @@
-"""Low-level ops: the selective scan (CUDA kernel / fused CPU kernel / PyTorch) and causal conv1d.
+"""Low-level ops: the selective scan (CUDA kernel / Triton kernel / fused CPU kernel / PyTorch) and
+causal conv1d.
 
 Public API (one signature each, whatever the back-end):
 
@@ -6,8 +7,9 @@ Public API (one signature each, whatever the back-end):
   return_last_state=False, backend=None)`` -- mamba-ssm's ``selective_scan_fn`` convention.
 - ``causal_conv1d(x, weight, bias=None, activation=None, backend=None)`` -- ``causal_conv1d_fn``'s.
 
-Back-end selection (``backend=`` or ``$NNUNET_EXT_SCAN_BACKEND``: auto | cuda | fused | torch |
-reference) lives in :mod:`nnunet_ext.ops.backends`; when ``auto`` falls back to a slower back-end
+Back-end selection (``backend=`` or ``$NNUNET_EXT_SCAN_BACKEND``: auto | cuda | triton | fused |
+torch | reference; ``auto`` is cuda -> triton -> torch for CUDA tensors, fused -> torch for CPU
+tensors) lives in :mod:`nnunet_ext.ops.backends`; when ``auto`` falls back to a slower back-end
 it says why, once per process (:class:`SlowBackendWarning`). Under ``torch.compile`` both ops are
 opaque to dynamo (:mod:`nnunet_ext.ops._opaque`). Note: the function names shadow the module
 names ``nnunet_ext.ops.selective_scan`` / ``nnunet_ext.ops.causal_conv1d``; reach the modules

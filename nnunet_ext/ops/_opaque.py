@@ -3,7 +3,8 @@
 nnU-Net's predictor wraps any network in ``torch.compile`` when ``nnUNet_compile`` is set. Dynamo
 must not trace the ops' dispatch: the back-end is chosen at run time (environment variable,
 optional packages, device), the fused back-end leaves PyTorch for numba, the CUDA back-ends call
-extension modules, and the PyTorch scan has Python loops over blocks that would be unrolled into
+extension modules, the Triton back-end launches its own kernels (any back-end can sit behind the
+op: it runs whatever the eager dispatch picks), and the PyTorch scan has Python loops over blocks that would be unrolled into
 graphs of thousands of nodes. So, while dynamo traces, the public functions route as follows:
 
 - no gradient needed (inference: nnU-Net predicts under ``torch.inference_mode``): the custom op

@@ -5,23 +5,33 @@ Back-ends of :func:`nnunet_ext.ops.selective_scan` (and, where one exists, of
 
 - ``cuda``: mamba-ssm's ``selective_scan_fn`` / causal-conv1d's ``causal_conv1d_fn`` -- CUDA
   tensors only, needs the optional ``[cuda]`` extra (GPU machines).
+- ``triton``: our Triton scan in :mod:`nnunet_ext.ops.scan_triton` (scan only) -- CUDA tensors,
+  needs ``triton`` (shipped with PyTorch's Linux CUDA wheels; nothing to compile at install). On
+  CPU tensors it runs only when forced and under Triton's interpreter (``TRITON_INTERPRET=1`` set
+  before the first use: how the tests check it).
 - ``fused``: the numba CPU kernel in :mod:`nnunet_ext.ops.scan_fused` -- CPU tensors only.
 - ``torch``: our blocked PyTorch scan -- any device (also the meta device).
 - ``reference``: the plain sequential loop of :mod:`nnunet_ext.ops.reference` -- tests only.
 
-``auto`` (the default) picks ``cuda`` for CUDA tensors when the kernels load, ``fused`` for CPU
-tensors when it imports, else ``torch``; meta tensors always go to ``torch``. Force a back-end
-with the ``backend=`` argument or the environment variable ``NNUNET_EXT_SCAN_BACKEND``.
+``auto`` (the default) picks, for CUDA tensors, ``cuda`` when mamba-ssm's kernel loads and runs
+on the GPU, else ``triton`` when our Triton kernel passes its probe on the GPU (a tiny forward
+and backward against the reference), else ``torch``; for CPU tensors ``fused`` when it imports,
+else ``torch``; meta tensors always go to ``torch``. The causal conv1d has no Triton or fused
+version (``cuda`` -> ``torch``). Force a back-end with the ``backend=`` argument or the
+environment variable ``NNUNET_EXT_SCAN_BACKEND`` (auto | cuda | triton | fused | torch |
+reference); a forced ``triton``, ``fused`` or ``reference`` gives the conv ``torch``.
 
 Optional packages are probed lazily and at most once per process; a broken install (for example
 mamba-ssm built without its CUDA ops, whose import raises ``No module named
 'selective_scan_cuda'``) counts as "not available", it never breaks ``import nnunet_ext``.
 
-No silent slow path: when ``auto`` has to pass over a faster back-end -- the CUDA kernels for
-CUDA tensors (package missing, installed without its CUDA extension, or failing to run on this
-GPU), or the fused kernel for CPU tensors -- a :class:`SlowBackendWarning` naming the reason and
-the fix is issued once per process and op (on stderr under Python's default warning filters).
-Forcing a back-end never warns.
+No silent slow path: when ``auto`` has to fall back to ``torch`` -- for CUDA tensors because
+both mamba-ssm's kernel (package missing, installed without its CUDA extension, or failing to run
+on this GPU) and the Triton kernel (triton missing, or failing its probe) cannot run, or for CPU
+tensors because the fused kernel cannot -- a :class:`SlowBackendWarning` naming the reasons and
+the fixes is issued once per process and op (on stderr under Python's default warning filters).
+Choosing ``triton`` because mamba-ssm is missing does not warn: it is a kernel, and
+``nnunet-ext gpu-check`` reports why ``cuda`` was passed over. Forcing a back-end never warns.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ import torch
 #: environment variable that forces a back-end (same values as the ``backend=`` argument)
 ENV_VAR = "NNUNET_EXT_SCAN_BACKEND"
 #: every name ``backend=`` / the environment variable accepts
-BACKENDS = ("auto", "cuda", "fused", "torch", "reference")
+BACKENDS = ("auto", "cuda", "triton", "fused", "torch", "reference")
 
 #: per op: (pip name, top-level module, build switch of its setup.py, what the kernel is)
 _CUDA_PACKAGES = {
@@ -123,6 +133,52 @@ def _probe_fused():
     return mod, None
 
 
+#: what makes the Triton kernel importable
+_TRITON_FIX = ("install triton (`pip install triton`; PyTorch's Linux CUDA wheels ship the version they were "
+               "built with)")
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_triton():
+    """``(module, None)`` when :mod:`nnunet_ext.ops.scan_triton` (and so triton) imports, else
+    ``(None, Unavailable)``."""
+    try:
+        mod = importlib.import_module("nnunet_ext.ops.scan_triton")
+    except Exception as e:
+        missing = isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "triton"
+        what = "triton is not installed" if missing else "the Triton scan does not import"
+        return None, Unavailable(f"{what} ({type(e).__name__}: {e})", _TRITON_FIX)
+    return mod, None
+
+
+def _run_triton_probe(mod, dev: torch.device) -> None:
+    """Run the Triton scan's forward and backward once on tiny inputs on ``dev`` against the
+    reference (raises if it cannot compile, run or agree there)."""
+    mod.self_check(dev)
+    torch.cuda.synchronize(dev)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_triton_call(index):
+    """None when the Triton scan runs on CUDA device ``index``, else :class:`Unavailable`."""
+    mod, why = _probe_triton()
+    if mod is None:
+        return why
+    if mod.INTERPRET:
+        return Unavailable("TRITON_INTERPRET=1 is set, so Triton kernels run in its slow CPU interpreter",
+                           "unset TRITON_INTERPRET")
+    if not torch.cuda.is_available():
+        return Unavailable("torch sees no CUDA device", "run on a machine with a CUDA GPU")
+    try:
+        _run_triton_probe(mod, torch.device("cuda", torch.cuda.current_device() if index is None else index))
+    except Exception as e:
+        return Unavailable(f"the Triton scan kernel fails on this GPU ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:300]})",
+                           "use the triton version your torch was built with (`pip install triton==<the "
+                           "version torch requires>`), or install mamba-ssm's CUDA kernels")
+    return None
+
+
 def _run_cuda_probe(op: str, fn, dev: torch.device) -> None:
     """Call ``op``'s CUDA kernel ``fn`` once on tiny zeros on ``dev`` and wait for it (raises if
     it cannot run there)."""
@@ -165,6 +221,12 @@ def causal_conv1d_cuda_fn():
     return _probe_causal_conv1d()[0]
 
 
+def triton_scan():
+    """``nnunet_ext.ops.scan_triton.selective_scan_triton`` when triton imports, else ``None``."""
+    mod = _probe_triton()[0]
+    return None if mod is None else mod.selective_scan_triton
+
+
 def fused_scan():
     """``nnunet_ext.ops.scan_fused.selective_scan_fused`` when available, else ``None``."""
     mod = _probe_fused()[0]
@@ -178,6 +240,8 @@ def clear_cache() -> None:
     _probe_causal_conv1d.cache_clear()
     _probe_fused.cache_clear()
     _probe_cuda_call.cache_clear()
+    _probe_triton.cache_clear()
+    _probe_triton_call.cache_clear()
     _warned.clear()
 
 
@@ -193,6 +257,8 @@ def _warn_fallback(op: str, kind: str, chosen: str, why: Unavailable | None) -> 
     _warned.add((op, kind))
     what = "selective scan" if op == "scan" else "causal conv1d"
     faster = _CUDA_PACKAGES[op][3] if kind == "cuda" else "the fused CPU kernel (numba)"
+    if kind == "cuda" and op == "scan":
+        faster += " or our Triton kernel"
     warnings.warn(
         f"nnunet-ext: the {what} on {kind} tensors runs the slower '{chosen}' back-end instead of "
         f"{faster}: {why.reason}. Fix: {why.fix}. To choose '{chosen}' deliberately (and silence "
@@ -227,6 +293,8 @@ def available_backends(device="cpu", op: str = "scan") -> list[str]:
     names = []
     if kind == "cuda" and _probe_cuda_call(op, _device_index(device)) is None:
         names.append("cuda")
+    if kind == "cuda" and op == "scan" and _probe_triton_call(_device_index(device)) is None:
+        names.append("triton")
     if kind == "cpu" and op == "scan" and fused_scan() is not None:
         names.append("fused")
     names.append("torch")
@@ -258,12 +326,17 @@ def resolve_backend(tensor, backend: str | None = None, op: str = "scan") -> str
         return "torch"
     if name == "auto":
         chosen = available_backends(kind, op)[0]
-        if kind == "cuda" and chosen != "cuda":
-            _warn_fallback(op, kind, chosen, _probe_cuda_call(op, _device_index(tensor)))
+        if kind == "cuda" and chosen not in ("cuda", "triton"):
+            why = _probe_cuda_call(op, _device_index(tensor))
+            if op == "scan" and why is not None:
+                why_triton = _probe_triton_call(_device_index(tensor))
+                why = Unavailable(f"{why.reason}; and the Triton kernel cannot run: {why_triton.reason}",
+                                  f"{why.fix}; or, for the Triton kernel: {why_triton.fix}")
+            _warn_fallback(op, kind, chosen, why)
         elif kind == "cpu" and op == "scan" and chosen != "fused":
             _warn_fallback(op, kind, chosen, _probe_fused()[1])
         return chosen
-    if op == "conv" and name in ("fused", "reference"):
+    if op == "conv" and name in ("triton", "fused", "reference"):
         return "torch"  # causal conv1d has only the CUDA kernel and our PyTorch version
     if name == "cuda":
         if kind != "cuda":
@@ -275,6 +348,8 @@ def resolve_backend(tensor, backend: str | None = None, op: str = "scan") -> str
             pkg = _CUDA_PACKAGES[op][0]
             raise BackendUnavailableError(
                 f"scan back-end 'cuda' needs {pkg} with its CUDA ops ({why.reason}); fix: {why.fix}")
+    if name == "triton":
+        _check_forced_triton(tensor, kind)
     if name == "fused":
         if kind != "cpu":
             raise BackendUnavailableError(
@@ -285,3 +360,21 @@ def resolve_backend(tensor, backend: str | None = None, op: str = "scan") -> str
                 f"scan back-end 'fused' is not available ({probe[1].reason}); "
                 "it needs numba (`pip install numba`) and nnunet_ext.ops.scan_fused")
     return name
+
+
+def _check_forced_triton(tensor, kind: str) -> None:
+    """Raise :class:`BackendUnavailableError` when a forced ``triton`` cannot run on ``kind`` tensors."""
+    mod, why = _probe_triton()
+    if mod is None:
+        raise BackendUnavailableError(f"scan back-end 'triton' is not available ({why.reason}); fix: {why.fix}")
+    if kind == "cuda":
+        if mod.INTERPRET:
+            return  # asked for, interpreter and all
+        why = _probe_triton_call(_device_index(tensor))
+        if why is not None:
+            raise BackendUnavailableError(f"scan back-end 'triton' cannot run here ({why.reason}); fix: {why.fix}")
+    elif not mod.INTERPRET:
+        raise BackendUnavailableError(
+            f"scan back-end 'triton' needs CUDA tensors, got {kind} tensors (on the CPU it runs only under "
+            "Triton's interpreter: set TRITON_INTERPRET=1 before nnunet_ext.ops.scan_triton is first imported); "
+            f"unset {ENV_VAR} or pass backend='auto'")

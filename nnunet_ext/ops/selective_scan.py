@@ -1,4 +1,6 @@
-"""The Mamba-1 selective scan: one function, several back-ends (see :mod:`nnunet_ext.ops.backends`).
+"""The Mamba-1 selective scan: one function, several back-ends (see :mod:`nnunet_ext.ops.backends`:
+mamba-ssm's CUDA kernel, our Triton kernel :mod:`nnunet_ext.ops.scan_triton`, the fused numba CPU
+kernel :mod:`nnunet_ext.ops.scan_fused`, and the PyTorch scan below).
 
     h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t,     y_t = <C_t, h_t> + D u_t,     out = y ⊙ SiLU(z)
     Δ = softplus(Δ_raw + delta_bias)  (softplus only with ``delta_softplus=True``)
@@ -70,7 +72,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         delta_bias: optional (E,) added to Δ before softplus.
         delta_softplus: apply softplus to Δ.
         return_last_state: also return the final state (B, E, N), float32.
-        backend: None/'auto' | 'cuda' | 'fused' | 'torch' | 'reference'; None reads
+        backend: None/'auto' | 'cuda' | 'triton' | 'fused' | 'torch' | 'reference'; None reads
             ``$NNUNET_EXT_SCAN_BACKEND``.
 
     Returns:
@@ -99,6 +101,8 @@ def _dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_s
                   return_last_state=return_last_state)
     if name == "cuda":
         out = backends.mamba_ssm_scan()(u, delta, A, B, C, **kwargs)
+    elif name == "triton":
+        out = backends.triton_scan()(u, delta, A, B, C, **kwargs)
     elif name == "fused":
         out = backends.fused_scan()(u, delta, A, B, C, **kwargs)
     elif name == "reference":

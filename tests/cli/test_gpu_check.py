@@ -43,10 +43,11 @@ def test_dry_run_checks_everything_on_the_cpu(tmp_path, capsys, monkeypatch):
         assert r["status"] == "ok" and r["chosen"] == r["available"][0] and r["reason"]
     assert choice[("cpu", "conv")]["chosen"] == "torch"
 
-    # every scan back-end has a row; the CUDA one says why it is skipped, the others ran
+    # every scan back-end has a row; the GPU kernels (cuda, triton) say why they are skipped, the others ran
     scan = {r["backend"]: r for r in report["scan"]}
     assert set(scan) == {b for b in backends.BACKENDS if b not in ("auto", "reference")}
     assert scan["cuda"]["status"] == "skipped" and "CUDA" in scan["cuda"]["reason"]
+    assert scan["triton"]["status"] == "skipped" and "needs CUDA tensors" in scan["triton"]["reason"]
     ran = [r for r in scan.values() if r["status"] == "ok"]
     assert scan["torch"] in ran and (scan["fused"] in ran) == (backends.fused_scan() is not None)
     for r in ran:
@@ -126,3 +127,33 @@ def test_a_non_finite_loss_fails_the_amp_check(tmp_path):
     net, amp = gpu_check.network_rows("missu", DRY_RUN, lambda arch: NaNLossTrainer, tmp_path)
     assert net["status"] == "ok" and amp["status"] == "fail" and amp["reason"] == "non-finite loss"
     assert not amp["losses_finite"] and len(amp["losses"]) == DRY_RUN.steps
+
+
+def test_backend_choice_says_why_triton_runs_instead_of_mamba_ssm(monkeypatch):
+    """On a GPU without mamba-ssm, 'auto' picks the Triton scan and the row names what was passed over."""
+    import sys
+    import types
+
+    from nnunet_ext.bench import gpu_check
+
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    for name in [m for m in sys.modules if m.split(".")[0] in ("mamba_ssm", "causal_conv1d")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mamba_ssm", None)
+    monkeypatch.setitem(sys.modules, "causal_conv1d", None)
+    fake = types.ModuleType("nnunet_ext.ops.scan_triton")
+    fake.INTERPRET = False
+    monkeypatch.setitem(sys.modules, "nnunet_ext.ops.scan_triton", fake)
+    monkeypatch.setattr(backends, "_run_triton_probe", lambda mod, dev: None)
+    try:
+        rows = {(r["device"], r["op"]): r for r in gpu_check.backend_choice("cuda")}
+    finally:
+        backends.clear_cache()
+    scan = rows[("cuda", "scan")]
+    assert scan["chosen"] == "triton" and scan["available"] == ["triton", "torch", "reference"]
+    assert scan["reason"].startswith("our Triton kernel runs; mamba-ssm's kernel (faster) cannot: mamba-ssm is not "
+                                     "installed") and 'pip install "nnunet-ext[cuda]"' in scan["reason"]
+    conv = rows[("cuda", "conv")]
+    assert conv["chosen"] == "torch" and "causal-conv1d is not installed" in conv["reason"]

@@ -146,6 +146,24 @@ def kernel_fails_on_this_gpu(monkeypatch):
         raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
 
     monkeypatch.setattr(backends, "_run_cuda_probe", probe)
+    _fake_triton(monkeypatch, fails="triton compile error: unsupported GPU architecture")
+
+
+def _fake_triton(monkeypatch, fails: str | None = None):
+    """triton imports (a fake scan module); its GPU probe passes, or raises ``fails``."""
+    calls = []
+    fake = types.ModuleType("nnunet_ext.ops.scan_triton")
+    fake.INTERPRET = False
+    fake.selective_scan_triton = lambda *a, **k: calls.append(k) or "triton result"
+    monkeypatch.setitem(sys.modules, "nnunet_ext.ops.scan_triton", fake)
+
+    def probe(mod, dev):
+        assert mod is fake and dev.type == "cuda"
+        if fails:
+            raise RuntimeError(fails)
+
+    monkeypatch.setattr(backends, "_run_triton_probe", probe)
+    return calls
 
 
 FALLBACK_CASES = {
@@ -156,8 +174,10 @@ FALLBACK_CASES = {
                       r"MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation .*mamba-ssm"),
                      (r"without a working CUDA extension.*causal_conv1d_cuda",
                       r"CAUSAL_CONV1D_FORCE_BUILD=TRUE pip install --no-build-isolation .*causal-conv1d")),
-    "kernel_fails_on_this_gpu": ((r"mamba-ssm is installed but its kernel does not run on this GPU.*no kernel image",
-                                  r"MAMBA_FORCE_BUILD=TRUE"),
+    "kernel_fails_on_this_gpu": ((r"mamba-ssm is installed but its kernel does not run on this GPU.*no kernel image"
+                                  r".*Triton kernel cannot run: the Triton scan kernel fails on this GPU.*"
+                                  r"unsupported GPU architecture",
+                                  r"MAMBA_FORCE_BUILD=TRUE.*or, for the Triton kernel: use the triton version"),
                                  (r"causal-conv1d is installed but its kernel does not run on this GPU",
                                   r"CAUSAL_CONV1D_FORCE_BUILD=TRUE")),
 }
@@ -280,7 +300,7 @@ def test_argument_beats_env_var(monkeypatch):
 
 def test_bad_env_var_value_names_the_choices(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "gpu")
-    with pytest.raises(ValueError, match=f"{ENV_VAR}.*auto, cuda, fused, torch, reference"):
+    with pytest.raises(ValueError, match=f"{ENV_VAR}.*auto, cuda, triton, fused, torch, reference"):
         selective_scan(**small_inputs())
 
 
@@ -303,3 +323,71 @@ def test_conv_dispatch(monkeypatch):
 def test_available_backends_rejects_unknown_op():
     with pytest.raises(ValueError, match="'scan' or 'conv'"):
         available_backends("cpu", op="attention")
+
+
+# --------------------------------------------------------------------------- the Triton back-end
+
+@pytest.fixture
+def gpu_visible(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+def test_auto_on_cuda_without_mamba_ssm_runs_triton_silently(monkeypatch, no_mamba, gpu_visible):
+    calls = _fake_triton(monkeypatch)
+    assert available_backends("cuda") == ["triton", "torch", "reference"]
+    assert available_backends("cpu")[-2:] == ["torch", "reference"] and "triton" not in available_backends("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowBackendWarning)  # a kernel runs: nothing slow to report
+        assert resolve_backend(torch.device("cuda")) == "triton"
+    monkeypatch.setattr(backends, "resolve_backend", lambda *a, **k: "triton")
+    assert selective_scan(**small_inputs(), z=None, delta_softplus=True) == "triton result"
+    assert calls and calls[0]["delta_softplus"] is True
+
+
+def test_auto_on_cuda_prefers_mamba_ssm_over_triton(monkeypatch, gpu_visible):
+    _fake_cuda_packages(monkeypatch)
+    monkeypatch.setattr(backends, "_run_cuda_probe", lambda op, fn, dev: None)
+    _fake_triton(monkeypatch)
+    assert available_backends("cuda") == ["cuda", "triton", "torch", "reference"]
+    assert resolve_backend(torch.device("cuda")) == "cuda"
+    assert resolve_backend(torch.device("cuda"), "triton") == "triton"
+    assert resolve_backend(torch.device("cuda"), "triton", op="conv") == "torch"  # no Triton conv
+
+
+def test_triton_failing_its_probe_falls_back_to_torch_with_both_reasons(monkeypatch, no_mamba, gpu_visible):
+    _fake_triton(monkeypatch, fails="PTXAS error: internal compiler error")
+    with pytest.warns(SlowBackendWarning) as record:
+        for _ in range(2):
+            assert resolve_backend(torch.device("cuda")) == "torch"
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert re.search(r"'torch' back-end instead of mamba-ssm's selective-scan kernel or our Triton kernel: "
+                     r"mamba-ssm is not installed.*Triton scan kernel fails on this GPU.*PTXAS error", message)
+    assert re.search(r'Fix: .*pip install "nnunet-ext\[cuda\]".*or, for the Triton kernel: use the triton version',
+                     message)
+    with pytest.raises(BackendUnavailableError, match="'triton' cannot run here.*PTXAS error.*fix: use the triton"):
+        resolve_backend(torch.device("cuda"), "triton")
+
+
+def test_without_triton_auto_skips_it_and_forcing_names_the_install(monkeypatch, no_mamba, gpu_visible):
+    monkeypatch.delitem(sys.modules, "nnunet_ext.ops.scan_triton", raising=False)
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ModuleNotFoundError
+    assert available_backends("cuda") == ["torch", "reference"]
+    with pytest.warns(SlowBackendWarning, match=r"Triton kernel cannot run: triton is not installed.*"
+                                                r"Fix: .*or, for the Triton kernel: install triton"):
+        assert resolve_backend(torch.device("cuda")) == "torch"
+    for device in ("cuda", "cpu"):
+        with pytest.raises(BackendUnavailableError, match=r"'triton' is not available \(triton is not installed.*"
+                                                          r"fix: install triton \(`pip install triton`"):
+            resolve_backend(torch.device(device), "triton")
+
+
+def test_no_gpu_means_no_triton_and_cpu_tensors_need_the_interpreter(monkeypatch, no_mamba):
+    _fake_triton(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "triton" not in available_backends("cuda")
+    assert "torch sees no CUDA device" in backends._probe_triton_call(None).reason
+    with pytest.raises(BackendUnavailableError,
+                       match="'triton' needs CUDA tensors, got cpu tensors.*TRITON_INTERPRET=1"):
+        selective_scan(**small_inputs(), backend="triton")

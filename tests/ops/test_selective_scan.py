@@ -286,8 +286,8 @@ def test_bad_shapes_name_the_argument(change, message):
 
 
 def test_unknown_backend_names_the_choices():
-    with pytest.raises(ValueError, match="auto, cuda, fused, torch, reference"):
-        selective_scan(**make_inputs(length=4), backend="triton")
+    with pytest.raises(ValueError, match="auto, cuda, triton, fused, torch, reference"):
+        selective_scan(**make_inputs(length=4), backend="gpu")
 
 
 # --------------------------------------------------------------------------- mamba-ssm's own reference
