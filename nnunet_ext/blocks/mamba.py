@@ -111,8 +111,10 @@ class SelectiveSSM(nn.Module):
         x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (B, E, L), L contiguous
-        b = b.transpose(1, 2).contiguous()  # (B, N, L)
-        c = c.transpose(1, 2).contiguous()
+        # (B, N, L) views of the tokens-major (B, L, N) columns: every scan back-end reads B and C
+        # tokens-major (or copies them itself), so a contiguous (B, N, L) copy here would be undone
+        b = b.transpose(1, 2)
+        c = c.transpose(1, 2)
         ct = torch.float64 if x.dtype == torch.float64 else torch.float32  # the scan's compute dtype
         A = -torch.exp(self.A_log.to(ct))  # (E, N)
         return selective_scan(x, delta, A, b, c, self.D.to(ct), z=z, delta_bias=self.dt_proj.bias.to(ct),
@@ -128,6 +130,13 @@ def _project_in(in_proj: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
     scan and conv kernels want, without a transposed copy)."""
     xz = torch.matmul(in_proj.weight, tokens.transpose(1, 2))
     return xz if in_proj.bias is None else xz + in_proj.bias[:, None].to(xz.dtype)
+
+
+def _project_out(out_proj: nn.Linear, y: torch.Tensor) -> torch.Tensor:
+    """y (B, E, L) -> out_proj applied per token, as (B, C, L) contiguous (the channels-first
+    layout of the feature map, so no transposed copy is needed to reshape it to (B, C, Z, Y, X))."""
+    out = torch.matmul(out_proj.weight, y)
+    return out if out_proj.bias is None else out + out_proj.bias[:, None].to(out.dtype)
 
 
 # ---------------------------------------------------------------------------- mixers
@@ -180,20 +189,28 @@ class TriOrientedMamba(nn.Module):
             for d in self.directions})
         self.out_proj = nn.Linear(self.d_inner, channels, bias=bias)
 
-    def forward_tokens(self, tokens: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
-        """tokens (B, L, C) in raster order of ``spatial_shape`` (Z, Y, X) -> (B, L, C)."""
+    def mix_channels_first(self, tokens: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+        """tokens (B, L, C) in raster order of ``spatial_shape`` (Z, Y, X) -> (B, C, L) raster.
+
+        The shared in_proj runs once on the raster tokens; only its (B, 2E, L) output is reordered
+        per direction (one copy each for ``reversed`` and ``inter_slice``), and the sum of the
+        three (B, E, L) results, back in raster order, goes through the shared out_proj once.
+        """
         xz = _project_in(self.in_proj, tokens)  # (B, 2E, L)
         y = None
         for d in self.directions:
             x_d, z_d = to_order(xz, spatial_shape, d).chunk(2, dim=1)
             y_d = from_order(self.ssm[d](x_d, z_d), spatial_shape, d)
             y = y_d if y is None else y + y_d
-        return self.out_proj(y.transpose(1, 2))
+        return _project_out(self.out_proj, y)
+
+    def forward_tokens(self, tokens: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+        """tokens (B, L, C) in raster order of ``spatial_shape`` (Z, Y, X) -> (B, L, C)."""
+        return self.mix_channels_first(tokens, spatial_shape).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape[2:]
-        out = self.forward_tokens(x.flatten(2).transpose(1, 2), shape)  # (B, L, C)
-        return out.transpose(1, 2).reshape(x.shape)
+        out = self.mix_channels_first(x.flatten(2).transpose(1, 2), x.shape[2:])  # (B, C, L)
+        return out.view(x.shape)
 
 
 class MambaLayer(nn.Module):
@@ -207,8 +224,8 @@ class MambaLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.norm(x.flatten(2).transpose(1, 2))  # (B, L, C)
-        out = self.mixer.forward_tokens(tokens, x.shape[2:])
-        return x + out.transpose(1, 2).reshape(x.shape)
+        out = self.mixer.mix_channels_first(tokens, x.shape[2:])  # (B, C, L)
+        return x + out.view(x.shape)
 
 
 __all__ = ["DIRECTIONS", "MambaLayer", "MambaMixer", "SelectiveSSM", "TriOrientedMamba", "from_order",
