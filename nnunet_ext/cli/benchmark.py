@@ -29,6 +29,25 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads per network (default: torch's default)")
     p.add_argument("--timeout", type=float, metavar="S", help="give up on a network after S seconds")
     p.add_argument("--json", action="store_true", help="print one JSON object (config and rows) instead")
+    w = p.add_argument_group("whole-volume prediction (--predict)",
+                             "instead of the per-patch table: one volume through nnU-Net's own sliding-window "
+                             "predictor (tile step 0.5, gaussian) per network, random weights; wall time, tiles "
+                             "and peak resident memory of each run in a fresh subprocess (uses --archs, "
+                             "--in-channels, --classes, --spacing, --device, --threads, --timeout, --json)")
+    w.add_argument("--predict", action="store_true", help="measure whole-volume prediction")
+    w.add_argument("--predict-shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="volume in voxels (default 160 192 160, a 1 mm brain)")
+    w.add_argument("--predict-patch", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="the plan's patch = the sliding window's tile (default 128 128 128)")
+    w.add_argument("--mirroring", choices=("off", "on", "both"), default="off",
+                   help="nnU-Net's test-time mirroring over all axes (8 network calls per tile); both: each "
+                        "network without, then with (default off)")
+    w.add_argument("--memory-budget", type=float, default=24.0, metavar="GIB",
+                   help="mark runs whose peak resident memory exceeds GIB GiB (default 24)")
+    p.add_argument("--memory-check", type=int, nargs=3, action="append", metavar=("Z", "Y", "X"),
+                   help="instead: the planner's estimated peak training memory (float32, CPU) beside the measured "
+                        "peak of real train steps, per network, at this patch (repeat for more patches; uses "
+                        "--archs, --batch, --in-channels, --classes, --threads, --timeout, --json)")
     p.set_defaults(func=run)
 
 
@@ -41,6 +60,9 @@ def run(args) -> int:
     if unknown:
         raise SystemExit(f"nnunet-ext benchmark: unknown architecture(s) {', '.join(unknown)}; known: "
                          f"{', '.join(available_architectures())} (nnU-Net's own network is always included)")
+    if args.memory_check:
+        from nnunet_ext.bench.memory_check import run_memory_check
+        return run_memory_check(args)
     for option, value, low, meaning in (("--repeats", args.repeats, 1, " (timed runs)"),
                                         ("--warmup", args.warmup, 0, ""), ("--batch", args.batch, 1, ""),
                                         ("--in-channels", args.in_channels, 1, ""),
@@ -50,6 +72,8 @@ def run(args) -> int:
     if args.timeout is not None and not args.timeout > 0:
         raise SystemExit(f"nnunet-ext benchmark: --timeout must be > 0 seconds, got {args.timeout:g}")
     _checks.patch_and_spacing("benchmark", args.patch, args.spacing)
+    if args.predict:
+        return _run_predict(args)
 
     def progress(i, n, row):
         status = f"error: {row['error']}" if "error" in row else \
@@ -73,4 +97,44 @@ def run(args) -> int:
           f"channel(s), {args.classes} classes, {where}; mean of {args.repeats} after {2 + args.warmup} warm-up; "
           f"ratios to nnU-Net's PlainConvUNet\n")
     print(format_table(rows))
+    return 0
+
+
+def _run_predict(args) -> int:
+    """``--predict``: the whole-volume prediction table (:mod:`nnunet_ext.bench.prediction`)."""
+    from nnunet_ext.cli import _checks
+    from nnunet_ext.bench import prediction as pr
+
+    volume = tuple(args.predict_shape or pr.DEFAULT_VOLUME)
+    patch = tuple(args.predict_patch or pr.DEFAULT_PATCH)
+    if any(v < 1 for v in volume):
+        raise _checks.fail("benchmark", f"--predict-shape takes voxel counts >= 1 (z y x), "
+                                        f"got {' '.join(map(str, volume))}")
+    _checks.patch_and_spacing("benchmark", patch, args.spacing, option="--predict-patch")
+    if not args.memory_budget > 0:
+        raise _checks.fail("benchmark", f"--memory-budget must be > 0 GiB, got {args.memory_budget:g}")
+
+    def progress(i, n, row):
+        status = f"error: {row['error']}" if "error" in row else \
+            f"{row['tiles']} tiles, {row['wall_s']:.4g} s, peak RSS {row['peak_rss_mib']:.0f} MiB"
+        print(f"[{i + 1}/{n}] {row['arch']} (mirroring {'on' if row['mirroring'] else 'off'}): {status}",
+              file=sys.stderr, flush=True)
+
+    config = {"volume": list(volume), "patch_size": list(patch), "spacing": list(args.spacing),
+              "in_channels": args.in_channels, "classes": args.classes, "mirroring": args.mirroring,
+              "device": args.device}
+    try:
+        rows = pr.benchmark_prediction(args.archs, threads=args.threads, timeout=args.timeout, on_row=progress,
+                                       **config)
+    except ValueError as e:
+        raise SystemExit(f"nnunet-ext benchmark: {e}") from None
+    if args.json:
+        print(json.dumps({"config": config, "rows": rows}))
+        return 0
+    ok = next((r for r in rows if "error" not in r), None)
+    print(f"whole-volume prediction with nnU-Net's nnUNetPredictor: volume {list(volume)}, tile {list(patch)}, "
+          f"step {pr.TILE_STEP}, gaussian, spacing {list(args.spacing)}, {args.in_channels} input channel(s), "
+          f"{args.classes} classes, {args.device}" + (f", {ok['threads']} threads" if ok else "") +
+          "; one run each, random weights; ratios to nnU-Net's PlainConvUNet with the same mirroring\n")
+    print(pr.format_prediction_table(rows, args.memory_budget))
     return 0

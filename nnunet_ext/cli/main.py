@@ -11,7 +11,7 @@ import importlib
 import sys
 
 #: command modules in nnunet_ext.cli, in the order ``--help`` lists them
-COMMANDS = ["trainers", "summary", "demo", "evaluate", "benchmark", "benchmark_scan", "gpu_check"]
+COMMANDS = ["trainers", "summary", "plan", "demo", "evaluate", "benchmark", "benchmark_scan", "gpu_check"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Who may import measuring: bench imports the layers it measures; only the CLI imports bench;
+"""Who may import measuring: bench imports the layers it measures (and planning); only the CLI imports bench;
+planning imports the network layers and trainers, only the CLI and bench import planning;
 ops imports nothing of ours outside ops, evaluation nothing but nnunet_ext.io; nothing imports the CLI."""
 
 import ast
@@ -42,12 +43,18 @@ def test_measuring_is_its_own_layer():
             bad.append((where, name))
         elif target == "nnunet_ext.bench" and where != "nnunet_ext.cli":
             bad.append((where, name))
+        elif target == "nnunet_ext.planning" and where not in ("nnunet_ext.cli", "nnunet_ext.bench"):
+            bad.append((where, name))
+        elif where == "nnunet_ext.planning" and target not in ("nnunet_ext.ops", "nnunet_ext.blocks",
+                                                               "nnunet_ext.architectures", "nnunet_ext.trainers",
+                                                               "nnunet_ext.io"):
+            bad.append((where, name))
         elif where == "nnunet_ext.ops":
             bad.append((where, name))
         elif where == "nnunet_ext.evaluation" and target != "nnunet_ext.io":
             bad.append((where, name))
         elif where == "nnunet_ext.bench" and target not in ("nnunet_ext.ops", "nnunet_ext.blocks",
-                                                            "nnunet_ext.architectures"):
+                                                            "nnunet_ext.architectures", "nnunet_ext.planning"):
             bad.append((where, name))
     assert bad == []
 
@@ -56,3 +63,5 @@ def test_the_check_sees_imports():
     found = set(_imports())
     assert ("nnunet_ext.cli", "nnunet_ext.bench.networks.NNUNET") in found
     assert ("nnunet_ext.bench", "nnunet_ext.architectures.PlanSpec") in found
+    assert ("nnunet_ext.planning", "nnunet_ext.trainers.AbstractExtTrainer") in found or \
+        any(w == "nnunet_ext.planning" and n.startswith("nnunet_ext.architectures") for w, n in found)
