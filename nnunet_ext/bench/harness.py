@@ -18,7 +18,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 _ROW_MARK = "NNUNET_EXT_BENCH_ROW "
 
@@ -62,6 +62,26 @@ def run_isolated(fn: Callable[..., dict], kwargs: dict, threads: int, timeout: f
             return json.loads(line[len(_ROW_MARK):])
     tail = (p.stderr or p.stdout).strip().splitlines()
     return {"error": f"worker exited with {p.returncode}: {tail[-1] if tail else 'no output'}"}
+
+
+def run_isolated_rows(fn: Callable[..., dict], configs: Sequence[dict], threads: int | None,
+                      timeout: float | None = None, on_row: Callable[[int, int, dict], None] | None = None,
+                      keys: Sequence[str] = ("name",)) -> list[dict]:
+    """:func:`run_isolated` of ``fn`` for each config, in order (``threads`` default: torch's).
+
+    A failed run becomes ``{"arch": config["name"], <other keys>: ..., "error": ...}``; ``on_row(i, n, row)``
+    is called after each run."""
+    import torch
+
+    rows = []
+    for i, config in enumerate(configs):
+        row = run_isolated(fn, config, threads or torch.get_num_threads(), timeout)
+        if "error" in row:
+            row = {"arch": config["name"], **{k: config[k] for k in keys if k != "name"}, "error": row["error"]}
+        rows.append(row)
+        if on_row:
+            on_row(i, len(configs), row)
+    return rows
 
 
 def _worker_main(argv: list[str]) -> int:

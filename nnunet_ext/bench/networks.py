@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-from nnunet_ext.bench.harness import run_isolated, seconds_per_call
+from nnunet_ext.bench.harness import run_isolated_rows, seconds_per_call
 from nnunet_ext.bench.memory import PeakMemory
 
 #: the row name of stock nnU-Net's default network
@@ -252,23 +252,14 @@ def benchmark(archs: Sequence[str] | None = None, patch_size: Sequence[int] = (6
                         ("in_channels", in_channels, 1), ("classes", classes, 2)):
         if int(v) < lo:
             raise ValueError(f"{what} must be >= {lo}, got {v}")
-    names = [NNUNET, *archs]
-    rows = []
-    for i, name in enumerate(names):
-        config = {"name": name, "patch_size": list(patch_size), "in_channels": in_channels, "classes": classes,
-                  "batch": batch, "device": device, "repeats": repeats, "warmup": warmup,
-                  "spacing": list(spacing)}
-        row = run_isolated(measure, config, threads or torch.get_num_threads(), timeout)
-        if "error" in row:
-            row = {"arch": name, "error": row["error"]}
-        rows.append(row)
-        if on_row:
-            on_row(i, len(names), row)
-    return rows
+    configs = [{"name": name, "patch_size": list(patch_size), "in_channels": in_channels, "classes": classes,
+                "batch": batch, "device": device, "repeats": repeats, "warmup": warmup, "spacing": list(spacing)}
+               for name in (NNUNET, *archs)]
+    return run_isolated_rows(measure, configs, threads, timeout, on_row)
 
 
 # ------------------------------------------------------------------------------------------ table
-def _ratio(v: float, ref: float | None) -> str:
+def ratio_suffix(v: float, ref: float | None) -> str:
     if ref is None or not ref or not math.isfinite(ref):
         return ""
     return f" ({v / ref:.2f}×)"
@@ -285,7 +276,7 @@ def format_table(rows: Sequence[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['arch']} | " + " | ".join("—" for _ in cols[:-1]) + f" | error: {r['error']} |")
             continue
-        cells = [fmt.format(r[key] * scale) + _ratio(r[key], ref[key] if ref else None)
+        cells = [fmt.format(r[key] * scale) + ratio_suffix(r[key], ref[key] if ref else None)
                  for _, key, scale, fmt in cols]
         lines.append(f"| {r['arch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

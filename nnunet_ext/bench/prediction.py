@@ -31,12 +31,12 @@ a mirrored run is either measured or absent.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
-from nnunet_ext.bench.harness import run_isolated, seconds_once
+from nnunet_ext.bench.harness import run_isolated_rows, seconds_once
 from nnunet_ext.bench.memory import PeakMemory, peak_rss_bytes, reset_peak_rss
-from nnunet_ext.bench.networks import NNUNET, build_benchmark_network, default_architectures, nnunet_arch_kwargs
+from nnunet_ext.bench.networks import (NNUNET, build_benchmark_network, default_architectures, nnunet_arch_kwargs,
+                                      ratio_suffix)
 
 #: a 1 mm brain MRI (z, y, x)
 DEFAULT_VOLUME = (160, 192, 160)
@@ -163,26 +163,13 @@ def benchmark_prediction(archs: Sequence[str] | None = None, volume: Sequence[in
     for what, v, lo in (("in_channels", in_channels, 1), ("classes", classes, 2)):
         if int(v) < lo:
             raise ValueError(f"{what} must be >= {lo}, got {v}")
-    runs = [(name, m) for name in (NNUNET, *archs) for m in modes]
-    rows = []
-    for i, (name, m) in enumerate(runs):
-        config = {"name": name, "volume": [int(v) for v in volume], "patch_size": [int(p) for p in patch_size],
-                  "in_channels": in_channels, "classes": classes, "mirroring": m, "device": device,
-                  "spacing": [float(s) for s in spacing]}
-        row = run_isolated(measure_prediction, config, threads or torch.get_num_threads(), timeout)
-        if "error" in row:
-            row = {"arch": name, "mirroring": m, "error": row["error"]}
-        rows.append(row)
-        if on_row:
-            on_row(i, len(runs), row)
-    return rows
+    configs = [{"name": name, "volume": [int(v) for v in volume], "patch_size": [int(p) for p in patch_size],
+                "in_channels": in_channels, "classes": classes, "mirroring": m, "device": device,
+                "spacing": [float(s) for s in spacing]} for name in (NNUNET, *archs) for m in modes]
+    return run_isolated_rows(measure_prediction, configs, threads, timeout, on_row, keys=("mirroring",))
 
 
 # ------------------------------------------------------------------------------------------ table
-def _ratio(v: float, ref: float | None) -> str:
-    if ref is None or not ref or not math.isfinite(ref):
-        return ""
-    return f" ({v / ref:.2f}×)"
 
 
 def format_prediction_table(rows: Sequence[dict], budget_gib: float | None = None) -> str:
@@ -203,10 +190,10 @@ def format_prediction_table(rows: Sequence[dict], budget_gib: float | None = Non
             continue
         ref = refs.get(r["mirroring"])
         cells = [r["arch"], mirror, str(r["tiles"]), str(r["network_calls"]),
-                 f"{r['wall_s']:.4g}" + _ratio(r["wall_s"], ref and ref["wall_s"]),
+                 f"{r['wall_s']:.4g}" + ratio_suffix(r["wall_s"], ref and ref["wall_s"]),
                  f"{r['s_per_tile']:.3g}",
-                 f"{r['peak_rss_mib']:.0f}" + _ratio(r["peak_rss_mib"], ref and ref["peak_rss_mib"]),
-                 f"{r['peak_mib']:.0f}" + _ratio(r["peak_mib"], ref and ref["peak_mib"])]
+                 f"{r['peak_rss_mib']:.0f}" + ratio_suffix(r["peak_rss_mib"], ref and ref["peak_rss_mib"]),
+                 f"{r['peak_mib']:.0f}" + ratio_suffix(r["peak_mib"], ref and ref["peak_mib"])]
         if budget_gib is not None:
             cells.append("yes" if r["peak_rss_mib"] <= budget_gib * 1024 else "NO")
         lines.append("| " + " | ".join(cells) + " |")
