@@ -89,10 +89,12 @@ class ExtNetwork(AbstractDynamicNetworkArchitectures):
     patch_sized: bool = False
 
     @classmethod
-    def from_plan(cls, spec, strides, input_channels: int, num_classes: int, deep_supervision: bool):
-        """The network for ``spec`` with the registry's ``strides`` (the registry's builder)."""
+    def from_plan(cls, spec, strides, input_channels: int, num_classes: int, deep_supervision: bool,
+                  **network_kwargs):
+        """The network for ``spec`` with the registry's ``strides`` (the registry's builder);
+        ``network_kwargs`` override the constructor's other defaults."""
         sizes = (spec.patch_size,) if cls.patch_sized else ()
-        return cls(input_channels, num_classes, *sizes, strides, deep_supervision=deep_supervision)
+        return cls(input_channels, num_classes, *sizes, strides, deep_supervision=deep_supervision, **network_kwargs)
 
     def __init__(self, deep_supervision: bool = True, *, key_to_encoder: str = "encoder",
                  key_to_stem: str = "encoder.stem", keys_to_in_proj: Sequence[str] = ("encoder.stem.conv",),

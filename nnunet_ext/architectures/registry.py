@@ -16,8 +16,9 @@ from torch import nn
 
 from nnunet_ext.architectures.plans import PlanError, PlanSpec, Shape, Strides, stride_product
 
-#: ``builder(spec, strides, input_channels, num_classes, deep_supervision) -> network``
-Builder = Callable[[PlanSpec, Strides, int, int, bool], nn.Module]
+#: ``builder(spec, strides, input_channels, num_classes, deep_supervision, **network_kwargs) -> network``
+#: (``network_kwargs``: constructor arguments a trainer variant overrides, e.g. an ablation)
+Builder = Callable[..., nn.Module]
 #: ``rule(spec, downsamplings) -> strides``, one per down-sampling (see :mod:`.plans`)
 StrideRule = Callable[[PlanSpec, int | None], Strides]
 
@@ -53,10 +54,11 @@ class ArchEntry:
         return stride_product(self.strides(spec))
 
     def builder(self, spec: PlanSpec, input_channels: int, num_classes: int,
-                deep_supervision: bool = True) -> nn.Module:
+                deep_supervision: bool = True, **network_kwargs) -> nn.Module:
         """Build the network for ``spec`` without checking it (:func:`check_plan` and
-        :func:`build_network` check first)."""
-        return self.make(spec, self.strides(spec), int(input_channels), int(num_classes), bool(deep_supervision))
+        :func:`build_network` check first); ``network_kwargs`` go to the network's constructor."""
+        return self.make(spec, self.strides(spec), int(input_channels), int(num_classes), bool(deep_supervision),
+                         **network_kwargs)
 
     def check(self, spec: PlanSpec) -> None:
         """Raise :class:`PlanError` (naming the axis and valid sizes) if the patch is not divisible
@@ -118,8 +120,8 @@ def check_plan(name: str, configuration_manager, plans_manager=None, configurati
 
 
 def build_network(name: str, spec: PlanSpec, input_channels: int, num_classes: int,
-                  deep_supervision: bool = True) -> nn.Module:
-    """Check ``spec`` for architecture ``name`` and build it.
+                  deep_supervision: bool = True, **network_kwargs) -> nn.Module:
+    """Check ``spec`` for architecture ``name`` and build it (``network_kwargs`` go to its constructor).
 
     Raises:
         PlanError: the patch is not divisible by the network's total stride (message names the
@@ -128,4 +130,4 @@ def build_network(name: str, spec: PlanSpec, input_channels: int, num_classes: i
     """
     entry = get_architecture(name)
     entry.check(spec)
-    return entry.builder(spec, input_channels, num_classes, deep_supervision)
+    return entry.builder(spec, input_channels, num_classes, deep_supervision, **network_kwargs)

@@ -54,7 +54,7 @@ class SmallUNet(ExtNetwork):
                        paper="nnU-Net's plain U-Net at a quarter width (Isensee et al., Nat. Methods 2021)",
                        downsamplings=None, stride_rule=plan_strides)
 def build_small_unet(spec: PlanSpec, strides: Strides, input_channels: int, num_classes: int,
-                     deep_supervision: bool) -> SmallUNet:
+                     deep_supervision: bool, **network_kwargs) -> SmallUNet:
     planned = spec.features_per_stage or tuple(32 * 2 ** i for i in range(len(strides)))
     widths = [min(max(f // 4, 8), 64) for f in planned]
-    return SmallUNet(input_channels, num_classes, strides, widths, deep_supervision)
+    return SmallUNet(input_channels, num_classes, strides, widths, deep_supervision, **network_kwargs)

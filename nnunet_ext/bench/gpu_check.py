@@ -24,7 +24,10 @@ Sections of the report (:func:`run_check`; each is a list of rows in the JSON):
   seconds per step (median after the warm-up steps) and peak memory. Memory is the peak above the
   usage before the trainer was built (weights included): on CUDA ``torch.cuda.max_memory_allocated``
   (tensors only; ``torch.cuda.max_memory_reserved`` is in the JSON), on CPU the peak resident set.
-  SegMamba's row carries its paper's figures (:data:`PAPER_MEMORY_MB`).
+  SegMamba's row carries its paper's figures (:data:`PAPER_MEMORY_MB`). Beside the measured
+  training peak, the estimate ``nnunet-ext plan`` sizes plans with
+  (:func:`~nnunet_ext.planning.estimate.estimate_training_memory`, mixed precision, the CUDA scan
+  kernel's memory) for the same trainer and plan, and on CUDA their ratio.
 - ``amp_training``: the same steps judged: every loss finite, every parameter finite afterwards,
   and not every step skipped by the GradScaler (a skipped step is one whose scale went down).
 
@@ -412,6 +415,16 @@ def _free(device) -> None:
         torch.cuda.empty_cache()
 
 
+def estimated_training_mib(trainer, batch: int) -> float:
+    """The planner's estimate (MiB) of one mixed-precision training step of ``trainer``'s network on
+    its plan at ``batch`` (fake tensors on the CPU: no device memory)."""
+    from nnunet_ext.planning.estimate import estimate_training_memory
+
+    estimate = estimate_training_memory(type(trainer), trainer.plans_manager, trainer.configuration_manager,
+                                        trainer.dataset_json, batch_size=batch, precision="amp")
+    return estimate.total / _MIB
+
+
 def network_rows(arch: str, sizes: Sizes, trainer_for: Callable[[str], type], work: Path) -> tuple[dict, dict]:
     """(``networks`` row, ``amp_training`` row) of one network."""
     dev = torch.device(sizes.device)
@@ -471,6 +484,7 @@ def network_rows(arch: str, sizes: Sizes, trainer_for: Callable[[str], type], wo
         row["peak_train_mib"] = memory.above_baseline() / _MIB
         if cuda:
             row["peak_train_reserved_mib"] = torch.cuda.max_memory_reserved(dev) / _MIB
+        row["estimated_train_mib"] = estimated_training_mib(trainer, sizes.batch)
         params_finite = all(bool(torch.isfinite(p).all()) for p in net.parameters())
         losses_finite = all(math.isfinite(v) for v in losses)
         amp_row.update(steps=len(losses), losses=losses, losses_finite=losses_finite, params_finite=params_finite,
@@ -537,6 +551,9 @@ def _table_row(section: str, r: dict) -> list[str]:
         paper_t = f" (paper {r['paper_train_mb']} MB)" if "paper_train_mb" in r else ""
         paper_i = f" (paper {r['paper_infer_mb']} MB)" if "paper_infer_mb" in r else ""
         memory = f"train {r['peak_train_mib']:.0f} MiB{paper_t}, infer {r['peak_infer_mib']:.0f} MiB{paper_i}"
+        if r.get("estimated_train_mib") is not None and r["device"] == "cuda" and r["peak_train_mib"] > 0:
+            memory += (f"; plan estimate {r['estimated_train_mib']:.0f} MiB "
+                       f"({r['estimated_train_mib'] / r['peak_train_mib']:.2f}× measured)")
         acc = f"{r['params'] / 1e6:.1f} M params"
         if r["scan_backend"]:
             acc += f"; scan back-end {r['scan_backend']}"

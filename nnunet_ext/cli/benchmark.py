@@ -83,20 +83,29 @@ def run(args) -> int:
     config = {"patch_size": list(args.patch), "spacing": list(args.spacing), "in_channels": args.in_channels,
               "classes": args.classes, "batch": args.batch, "device": args.device, "repeats": args.repeats,
               "warmup": args.warmup}
+    def describe(rows, ok):
+        where = f"{ok['device_name']}, {ok['threads']} threads" if ok and ok["device"] == "cpu" else \
+            (ok["device_name"] if ok else args.device)
+        return (f"patch {list(args.patch)}, spacing {list(args.spacing)}, batch {args.batch}, {args.in_channels} "
+                f"input channel(s), {args.classes} classes, {where}; mean of {args.repeats} after "
+                f"{2 + args.warmup} warm-up; ratios to nnU-Net's PlainConvUNet", format_table(rows))
+
+    return _measure_and_print(args, benchmark, config, progress, describe)
+
+
+def _measure_and_print(args, measure, config: dict, progress, describe) -> int:
+    """``measure(args.archs, ..., on_row=progress, **config)``, then one JSON object (``--json``) or
+    the header and markdown table that ``describe(rows, first_row_without_error)`` returns."""
     try:
-        rows = benchmark(args.archs, threads=args.threads, timeout=args.timeout, on_row=progress, **config)
+        rows = measure(args.archs, threads=args.threads, timeout=args.timeout, on_row=progress, **config)
     except ValueError as e:
         raise SystemExit(f"nnunet-ext benchmark: {e}") from None
     if args.json:
         print(json.dumps({"config": config, "rows": rows}))
         return 0
-    ok = next((r for r in rows if "error" not in r), None)
-    where = f"{ok['device_name']}, {ok['threads']} threads" if ok and ok["device"] == "cpu" else \
-        (ok["device_name"] if ok else args.device)
-    print(f"patch {list(args.patch)}, spacing {list(args.spacing)}, batch {args.batch}, {args.in_channels} input "
-          f"channel(s), {args.classes} classes, {where}; mean of {args.repeats} after {2 + args.warmup} warm-up; "
-          f"ratios to nnU-Net's PlainConvUNet\n")
-    print(format_table(rows))
+    header, table = describe(rows, next((r for r in rows if "error" not in r), None))
+    print(header + "\n")
+    print(table)
     return 0
 
 
@@ -123,18 +132,11 @@ def _run_predict(args) -> int:
     config = {"volume": list(volume), "patch_size": list(patch), "spacing": list(args.spacing),
               "in_channels": args.in_channels, "classes": args.classes, "mirroring": args.mirroring,
               "device": args.device}
-    try:
-        rows = pr.benchmark_prediction(args.archs, threads=args.threads, timeout=args.timeout, on_row=progress,
-                                       **config)
-    except ValueError as e:
-        raise SystemExit(f"nnunet-ext benchmark: {e}") from None
-    if args.json:
-        print(json.dumps({"config": config, "rows": rows}))
-        return 0
-    ok = next((r for r in rows if "error" not in r), None)
-    print(f"whole-volume prediction with nnU-Net's nnUNetPredictor: volume {list(volume)}, tile {list(patch)}, "
-          f"step {pr.TILE_STEP}, gaussian, spacing {list(args.spacing)}, {args.in_channels} input channel(s), "
-          f"{args.classes} classes, {args.device}" + (f", {ok['threads']} threads" if ok else "") +
-          "; one run each, random weights; ratios to nnU-Net's PlainConvUNet with the same mirroring\n")
-    print(pr.format_prediction_table(rows, args.memory_budget))
-    return 0
+    def describe(rows, ok):
+        return (f"whole-volume prediction with nnU-Net's nnUNetPredictor: volume {list(volume)}, tile {list(patch)}, "
+                f"step {pr.TILE_STEP}, gaussian, spacing {list(args.spacing)}, {args.in_channels} input channel(s), "
+                f"{args.classes} classes, {args.device}" + (f", {ok['threads']} threads" if ok else "") +
+                "; one run each, random weights; ratios to nnU-Net's PlainConvUNet with the same mirroring",
+                pr.format_prediction_table(rows, args.memory_budget))
+
+    return _measure_and_print(args, pr.benchmark_prediction, config, progress, describe)

@@ -136,12 +136,51 @@ def _delta(ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @_device_fn
-def _gate(dout, zz, HAS_Z: tl.constexpr):
-    """Gradient reaching the scan output: dout ⊙ SiLU(z) (dout without a gate)."""
+def _load_gated(dy_ptr, z_ptr, offs, mask, HAS_Z: tl.constexpr):
+    """(dout, z, g) at ``offs`` in float32: the output gradient, the gate input (0.0 without a
+    gate) and the gradient reaching the scan output, g = dout ⊙ SiLU(z) (dout without a gate)."""
+    dout = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_Z:
-        return dout * zz * _sigmoid(zz)
+        zz = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = dout * zz * _sigmoid(zz)
     else:
-        return dout
+        zz = 0.0
+        g = dout
+    return dout, zz, g
+
+
+@_device_fn
+def _channel_block(E, N, L, BE: tl.constexpr, BN: tl.constexpr, T: tl.constexpr):
+    """Index tiles of a program of grid (B, cdiv(E, BE)): batch element pb, channels e (BE,),
+    states n (BN,), chunk positions i (T,), their masks, and the offsets of row (b, e, :) (BE, 1),
+    row (b, n, :) (BN, 1) and element (b, e, n) (BE, BN)."""
+    pb = tl.program_id(0).to(tl.int64)
+    e = tl.program_id(1) * BE + tl.arange(0, BE)
+    n = tl.arange(0, BN)
+    i = tl.arange(0, T)
+    em = e < E
+    nm = n < N
+    en_mask = em[:, None] & nm[None, :]
+    row = pb * E * L + e[:, None].to(tl.int64) * L
+    nrow = pb * N * L + n[:, None].to(tl.int64) * L
+    en_off = (pb * E + e[:, None]) * N + n[None, :]
+    return pb, e, n, i, em, nm, en_mask, row, nrow, en_off
+
+
+@_device_fn
+def _channel_params(a_ptr, bias_ptr, dskip_ptr, e, n, N, em, en_mask, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """A (BE, BN), delta_bias (BE, 1) and D (BE, 1) of channels ``e`` in float32 (bias, D: 0.0 when
+    absent)."""
+    A2 = tl.load(a_ptr + e[:, None] * N + n[None, :], mask=en_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=em, other=0.0).to(tl.float32)[:, None]
+    else:
+        bias = 0.0
+    if HAS_D:
+        dskip = tl.load(dskip_ptr + e, mask=em, other=0.0).to(tl.float32)[:, None]
+    else:
+        dskip = 0.0
+    return A2, bias, dskip
 
 
 @_device_fn
@@ -162,25 +201,9 @@ def _fwd_kernel(u_ptr, d_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_ptr, bias_ptr,
                 SAVE: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr, T: tl.constexpr):
     """Grid (B, cdiv(E, BE)): y (B, E, L), last state (B, E, N) and, with SAVE, the state entering
     every chunk, ckpt (B, E, NCHUNK, N)."""
-    pb = tl.program_id(0).to(tl.int64)
-    e = tl.program_id(1) * BE + tl.arange(0, BE)
-    n = tl.arange(0, BN)
-    i = tl.arange(0, T)
-    em = e < E
-    nm = n < N
-    en_mask = em[:, None] & nm[None, :]
-    A3 = tl.load(a_ptr + e[:, None] * N + n[None, :], mask=en_mask, other=0.0).to(tl.float32)[:, :, None]
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + e, mask=em, other=0.0).to(tl.float32)[:, None]
-    else:
-        bias = 0.0
-    if HAS_D:
-        dskip = tl.load(dskip_ptr + e, mask=em, other=0.0).to(tl.float32)[:, None]
-    else:
-        dskip = 0.0
-    row = pb * E * L + e[:, None].to(tl.int64) * L      # (BE, 1): start of (b, e, :)
-    nrow = pb * N * L + n[:, None].to(tl.int64) * L     # (BN, 1): start of (b, n, :)
-    en_off = (pb * E + e[:, None]) * N + n[None, :]     # (BE, BN) into (B, E, N)
+    pb, e, n, i, em, nm, en_mask, row, nrow, en_off = _channel_block(E, N, L, BE, BN, T)
+    A2, bias, dskip = _channel_params(a_ptr, bias_ptr, dskip_ptr, e, n, N, em, en_mask, HAS_BIAS, HAS_D)
+    A3 = A2[:, :, None]
     h = tl.full((BE, BN), 0.0, tl.float32)
     for c in range(NCHUNK):
         t = c * T + i
@@ -214,21 +237,9 @@ def _bwd_carry_kernel(d_ptr, a_ptr, c_ptr, z_ptr, bias_ptr, dy_ptr, dlast_ptr, l
                       HAS_DLAST: tl.constexpr, BE: tl.constexpr, BN: tl.constexpr, T: tl.constexpr):
     """Grid (B, cdiv(E, BE)): the adjoint state λ_{(c+1)T} entering chunk c from its right,
     lamck (B, E, NCHUNK, N) (for the last chunk: the gradient of the last state, or 0)."""
-    pb = tl.program_id(0).to(tl.int64)
-    e = tl.program_id(1) * BE + tl.arange(0, BE)
-    n = tl.arange(0, BN)
-    i = tl.arange(0, T)
-    em = e < E
-    nm = n < N
-    en_mask = em[:, None] & nm[None, :]
-    A3 = tl.load(a_ptr + e[:, None] * N + n[None, :], mask=en_mask, other=0.0).to(tl.float32)[:, :, None]
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + e, mask=em, other=0.0).to(tl.float32)[:, None]
-    else:
-        bias = 0.0
-    row = pb * E * L + e[:, None].to(tl.int64) * L
-    nrow = pb * N * L + n[:, None].to(tl.int64) * L
-    en_off = (pb * E + e[:, None]) * N + n[None, :]
+    pb, e, n, i, em, nm, en_mask, row, nrow, en_off = _channel_block(E, N, L, BE, BN, T)
+    A2, bias, _ = _channel_params(a_ptr, bias_ptr, a_ptr, e, n, N, em, en_mask, HAS_BIAS, False)
+    A3 = A2[:, :, None]
     if HAS_DLAST:
         lam = tl.load(dlast_ptr + en_off, mask=en_mask, other=0.0).to(tl.float32)
     else:
@@ -240,12 +251,7 @@ def _bwd_carry_kernel(d_ptr, a_ptr, c_ptr, z_ptr, bias_ptr, dy_ptr, dlast_ptr, l
         tr = c * T + (T - 1 - i)             # the chunk's tokens, last first
         mr = em[:, None] & (tr < L)[None, :]
         mnext = em[:, None] & (tr + 1 < L)[None, :]
-        dout = tl.load(dy_ptr + row + tr[None, :], mask=mr, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_ptr + row + tr[None, :], mask=mr, other=0.0).to(tl.float32)
-        else:
-            zz = 0.0
-        g = _gate(dout, zz, HAS_Z)
+        _, _, g = _load_gated(dy_ptr, z_ptr, row + tr[None, :], mr, HAS_Z)
         _, dnext = _delta(d_ptr + row + tr[None, :] + 1, mnext, bias, HAS_BIAS, SOFTPLUS)
         cr = tl.load(c_ptr + nrow + tr[None, :], mask=nm[:, None] & (tr < L)[None, :], other=0.0).to(tl.float32)
         pa, px = tl.associative_scan((tl.exp(dnext[:, None, :] * A3), cr[None, :, :] * g[:, None, :]), 2,
@@ -286,16 +292,8 @@ def _bwd_kernel(u_ptr, d_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_ptr, bias_ptr, d
         e = e0 + tl.arange(0, BE)
         em = e < E
         en_mask = em[:, None] & nm[None, :]
-        A2 = tl.load(a_ptr + e[:, None] * N + n[None, :], mask=en_mask, other=0.0).to(tl.float32)
+        A2, bias, dskip = _channel_params(a_ptr, bias_ptr, dskip_ptr, e, n, N, em, en_mask, HAS_BIAS, HAS_D)
         A3 = A2[:, :, None]
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + e, mask=em, other=0.0).to(tl.float32)[:, None]
-        else:
-            bias = 0.0
-        if HAS_D:
-            dskip = tl.load(dskip_ptr + e, mask=em, other=0.0).to(tl.float32)[:, None]
-        else:
-            dskip = 0.0
         row = pb * E * L + e[:, None].to(tl.int64) * L
         m = em[:, None] & tm[None, :]
         ck = ((pb * E + e[:, None]) * NCHUNK + c) * N + n[None, :]
@@ -314,24 +312,14 @@ def _bwd_kernel(u_ptr, d_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_ptr, bias_ptr, d
         h = ahp + du_[:, None, :] * bt[None, :, :]
         # adjoint states: λ_t = C_t g_t + α_{t+1} λ_{t+1}, scanned last token first
         mr = em[:, None] & trm[None, :]
-        dout_r = tl.load(dy_ptr + row + tr[None, :], mask=mr, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zr = tl.load(z_ptr + row + tr[None, :], mask=mr, other=0.0).to(tl.float32)
-        else:
-            zr = 0.0
-        g_r = _gate(dout_r, zr, HAS_Z)
+        _, _, g_r = _load_gated(dy_ptr, z_ptr, row + tr[None, :], mr, HAS_Z)
         _, dnext = _delta(d_ptr + row + tr[None, :] + 1, em[:, None] & tnm[None, :], bias, HAS_BIAS, SOFTPLUS)
         lam_in = tl.load(lamck_ptr + ck, mask=en_mask, other=0.0)
         qa, qx = tl.associative_scan((tl.exp(dnext[:, None, :] * A3), cr[None, :, :] * g_r[:, None, :]), 2,
                                      _combine)
         lam = _reverse(qx + qa * lam_in[:, :, None], i, T)       # back to token order
         # gradients
-        dout = tl.load(dy_ptr + row + t[None, :], mask=m, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_ptr + row + t[None, :], mask=m, other=0.0).to(tl.float32)
-        else:
-            zz = 0.0
-        g = _gate(dout, zz, HAS_Z)
+        dout, zz, g = _load_gated(dy_ptr, z_ptr, row + t[None, :], m, HAS_Z)
         dc_acc += _sum(h * g[:, None, :], 0)
         db_acc += _sum(lam * du_[:, None, :], 0)
         s_bc = _sum(lam * bt[None, :, :], 1)                 # Σ_n λ B

@@ -97,12 +97,21 @@ class CudaAutocastPolicy(torch.overrides.TorchFunctionMode):
     Inside ``torch.autocast("cpu", dtype=torch.float16)``, the ops CUDA autocast runs in float32
     get float32 inputs (or ``dtype=float32``), so their outputs -- and what they save for
     backward -- have the sizes they have on a GPU.
+
+    Attention: ``scaled_dot_product_attention`` with dropout runs on CUDA in the flash or
+    memory-efficient kernel, which draws the dropout mask from a seed inside the kernel and keeps
+    only the output and the log-sum-exp (linear in the tokens); the CPU kernel has no dropout and
+    would fall back to the math path, which keeps the (B, heads, N, N) weights. So the call is
+    traced without dropout, whose memory is the CUDA kernel's.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         name = getattr(func, "__name__", "")
-        if torch.is_autocast_enabled("cpu") and args:
+        if name == "scaled_dot_product_attention" and torch.is_autocast_enabled("cpu"):
+            kwargs["dropout_p"] = 0.0
+            args = args[:4]  # (query, key, value, attn_mask): a positional dropout_p is replaced too
+        elif torch.is_autocast_enabled("cpu") and args:
             if name in _CUDA_FP32_DTYPE_OPS and _half(args[0]) and kwargs.get("dtype") is None:
                 kwargs["dtype"] = torch.float32
             elif name in _CUDA_FP32_OPS and any(_half(a) for a in args):

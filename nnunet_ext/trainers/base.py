@@ -34,6 +34,10 @@ class AbstractExtTrainer(nnUNetTrainer):
     #: True: 1/2^i for every output, normalised -- for a network whose paper trains every head
     #: (with nnU-Net's rule one of its few heads would never learn)
     weight_every_output: bool = False
+    #: constructor arguments of the network that this trainer overrides (an ablation or a paper
+    #: variant is then a subclass setting only this); the predictor rebuilds the network through
+    #: the same trainer class, so checkpoints load
+    network_kwargs: dict = {}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -52,7 +56,7 @@ class AbstractExtTrainer(nnUNetTrainer):
         ``enable_deep_supervision=False``): same plans give the same network and state-dict keys."""
         spec = check_plan(cls.arch, configuration_manager, plans_manager)
         return get_architecture(cls.arch).builder(spec, num_input_channels, num_output_channels,
-                                                  enable_deep_supervision)
+                                                  enable_deep_supervision, **cls.network_kwargs)
 
     # ----------------------------------------------------------------- network access
     def _plain_network(self) -> nn.Module:

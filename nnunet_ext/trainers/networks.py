@@ -2,7 +2,8 @@
 
 from nnunet_ext.trainers.base import AbstractExtTrainer
 
-__all__ = ["SmallUNetTrainer", "UNETRPPTrainer", "SegResMambaTrainer", "SegMambaTrainer"]
+__all__ = ["SmallUNetTrainer", "UNETRPPTrainer", "SegResMambaTrainer", "SegResMambaTrainerNoToM",
+           "SegResMambaTrainerWide", "SegMambaTrainer"]
 
 
 class SmallUNetTrainer(AbstractExtTrainer):
@@ -27,6 +28,22 @@ class SegResMambaTrainer(AbstractExtTrainer):
 
     arch = "segresmamba"
     compile_network = False
+
+
+class SegResMambaTrainerNoToM(SegResMambaTrainer):
+    """Ablation: SegResMamba without its ToM layers (its SegResNet backbone alone).
+
+    Same widths, blocks, norms and heads; measures what the Mamba layers add."""
+
+    network_kwargs = {"mamba_levels": ()}
+
+
+class SegResMambaTrainerWide(SegResMambaTrainer):
+    """SegResMamba at nnU-Net's widths: 32, 64, 128, 256 channels (paper: 16 to 128).
+
+    About 4x the parameters and convolution MACs; tests whether the paper's width limits it."""
+
+    network_kwargs = {"widths": (32, 64, 128, 256)}
 
 
 class SegMambaTrainer(AbstractExtTrainer):

@@ -12,6 +12,11 @@ def test_trainers_lists_every_registered_trainer(capsys):
     for arch in available_architectures():
         e = get_architecture(arch)
         assert any(line.startswith(e.trainer) and e.title in line for line in out.splitlines())
+    # the variants, each with the first line of its docstring
+    variants = out.split("Variants")[1].splitlines()
+    for name in ("MISSUTrainerNoDistillation", "SegResMambaTrainerNoToM", "SegResMambaTrainerWide"):
+        assert any(line.startswith(name + " ") and len(line.split()) > 3 for line in variants), name
+    assert not any(line.startswith(("AbstractExtTrainer", "SegMambaTrainer ")) for line in variants)
 
 
 def test_summary_json(capsys):

@@ -64,6 +64,7 @@ def test_dry_run_checks_everything_on_the_cpu(tmp_path, capsys, monkeypatch):
         assert r["status"] == "ok", r
         assert r["train_s"] > 0 and r["infer_s"] > 0 and r["params"] > 0
         assert r["peak_train_mib"] >= 0 and r["peak_infer_mib"] >= 0
+        assert r["estimated_train_mib"] > r["params"] * 4 * 3 / 2 ** 20  # weights, gradients, momentum at least
         assert (r["scan_backend"] is not None) == (arch in ("segmamba", "segresmamba"))
         assert a["status"] == "ok" and a["steps"] == len(a["losses"]) == DRY_RUN.steps
         assert a["losses_finite"] and a["params_finite"] and a["autocast"] == "bfloat16"
@@ -157,3 +158,15 @@ def test_backend_choice_says_why_triton_runs_instead_of_mamba_ssm(monkeypatch):
                                      "installed") and 'pip install "nnunet-ext[cuda]"' in scan["reason"]
     conv = rows[("cuda", "conv")]
     assert conv["chosen"] == "torch" and "causal-conv1d is not installed" in conv["reason"]
+
+
+def test_a_cuda_network_row_shows_the_plan_estimate_beside_the_measured_peak():
+    from nnunet_ext.bench.gpu_check import _table_row
+
+    row = {"arch": "segmamba", "trainer": "SegMambaTrainer", "device": "cuda", "status": "ok", "scan_backend": "cuda",
+           "params": 67e6, "train_s": 0.9, "infer_s": 0.2, "peak_train_mib": 20000.0, "peak_infer_mib": 6000.0,
+           "estimated_train_mib": 19000.0}
+    memory = _table_row("networks", row)[COLUMNS.index("memory")]
+    assert memory.endswith("; plan estimate 19000 MiB (0.95× measured)")
+    # on the CPU (dry run: bfloat16 autocast, resident set) the float16 estimate is not compared
+    assert "estimate" not in _table_row("networks", {**row, "device": "cpu"})[COLUMNS.index("memory")]

@@ -54,6 +54,30 @@ def test_cuda_autocast_rules_on_cpu():
     assert isinstance(CudaAutocastPolicy(), torch.overrides.TorchFunctionMode)
 
 
+def _attention(dropout):
+    from nnunet_ext.blocks.transformer import MultiHeadSelfAttention
+
+    return lambda: MultiHeadSelfAttention(64, num_heads=8, attn_dropout=dropout)
+
+
+def test_amp_counts_attention_as_the_cuda_kernels_keep_it():
+    """amp: attention with dropout keeps what CUDA's flash / memory-efficient kernels keep (linear in the
+    tokens), as without dropout; in fp32 on the CPU (math path) the (B, heads, N, N) weights are kept."""
+    n, heads = 512, 8
+    weights16 = B * heads * n * n * 2
+    loss = lambda net: (lambda out, target: out.float().sum())  # noqa: E731
+    amp = {p: estimate_network_memory(_attention(p), loss, (B, n, 64), "amp") for p in (0.0, 0.1)}
+    assert amp[0.1].activations == amp[0.0].activations < weights16 / 4
+    fp32 = estimate_network_memory(_attention(0.1), loss, (B, n, 64), "fp32")
+    assert fp32.activations > 2 * weights16  # float32 weights and the dropout mask, N x N each
+    # the rule holds inside the estimate's autocast context only
+    attention = _attention(0.5)().train()
+    x = torch.randn(1, 16, 64)
+    with autocast_context("amp"):
+        assert torch.equal(attention(x), attention(x))
+    assert not torch.equal(attention(x), attention(x))
+
+
 @pytest.mark.parametrize("profile", ["cuda", "fused"])
 def test_scan_model_has_the_scans_shapes_and_gradients(profile):
     from nnunet_ext.ops import selective_scan
