@@ -83,6 +83,7 @@ def run(args) -> int:
     config = {"patch_size": list(args.patch), "spacing": list(args.spacing), "in_channels": args.in_channels,
               "classes": args.classes, "batch": args.batch, "device": args.device, "repeats": args.repeats,
               "warmup": args.warmup}
+
     def describe(rows, ok):
         where = f"{ok['device_name']}, {ok['threads']} threads" if ok and ok["device"] == "cpu" else \
             (ok["device_name"] if ok else args.device)

@@ -21,7 +21,8 @@ def run(args) -> int:
         print("\nVariants (same network family, other settings):")
         width = max(len(c.__name__) for c in variants)
         for cls in variants:
-            print(f"{cls.__name__:<{width}}  {(cls.__doc__ or '').strip().splitlines()[0]}")
+            summary = next(iter((cls.__doc__ or "").strip().splitlines()), "")
+            print(f"{cls.__name__:<{width}}  {summary}")
     print("\nShort runs: append _<E>epochs or _<E>epochs_<I>iters to any name, e.g. "
           f"{entries[0].trainer}_5epochs_20iters.")
     return 0

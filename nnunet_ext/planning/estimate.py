@@ -109,8 +109,10 @@ class CudaAutocastPolicy(torch.overrides.TorchFunctionMode):
         kwargs = dict(kwargs or {})
         name = getattr(func, "__name__", "")
         if name == "scaled_dot_product_attention" and torch.is_autocast_enabled("cpu"):
-            kwargs["dropout_p"] = 0.0
-            args = args[:4]  # (query, key, value, attn_mask): a positional dropout_p is replaced too
+            if len(args) > 4:  # (query, key, value, attn_mask, dropout_p, is_causal, ...): positional
+                args = (*args[:4], 0.0, *args[5:])
+            else:
+                kwargs["dropout_p"] = 0.0
         elif torch.is_autocast_enabled("cpu") and args:
             if name in _CUDA_FP32_DTYPE_OPS and _half(args[0]) and kwargs.get("dtype") is None:
                 kwargs["dtype"] = torch.float32

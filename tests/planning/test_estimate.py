@@ -70,6 +70,12 @@ def test_amp_counts_attention_as_the_cuda_kernels_keep_it():
     assert amp[0.1].activations == amp[0.0].activations < weights16 / 4
     fp32 = estimate_network_memory(_attention(0.1), loss, (B, n, 64), "fp32")
     assert fp32.activations > 2 * weights16  # float32 weights and the dropout mask, N x N each
+    # positional arguments after dropout_p (is_causal) are kept
+    q = torch.randn(1, 2, 8, 4)
+    with autocast_context("amp"):
+        causal = nn.functional.scaled_dot_product_attention(q, q, q, None, 0.5, True)
+    torch.testing.assert_close(causal.float(), nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True),
+                               atol=1e-2, rtol=1e-2)
     # the rule holds inside the estimate's autocast context only
     attention = _attention(0.5)().train()
     x = torch.randn(1, 16, 64)
