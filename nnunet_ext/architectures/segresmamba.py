@@ -144,6 +144,12 @@ class SegResMamba(ExtNetwork):
         norm_op, norm_op_kwargs: norm of the residual blocks and heads (GroupNorm; without
             ``num_groups`` in the kwargs it gets min(8, widths[0]) groups, SegResNet's 8).
         nonlin, nonlin_kwargs: activation (ReLU, in place).
+        conv_init: ``"pytorch"`` (PyTorch's default, as SegResNet's code keeps it) or ``"he"``
+            (nnU-Net's He init, a=1e-2). The residual stream between the blocks is never normalised,
+            and the stem, the stride-2 convs and the decoder's 1x1x1 convs act on it directly: He
+            init doubles its variance at each of them, so at initialisation the up-sampled path
+            outweighs the skip it is added to several times over and the fine-resolution detail
+            is drowned; with PyTorch's init the two start at the same scale.
         deep_supervision: return the list of outputs.
     """
 
@@ -154,7 +160,7 @@ class SegResMamba(ExtNetwork):
                  upsample_mode: str = "nontrainable", d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  norm_op: Type[nn.Module] = nn.GroupNorm, norm_op_kwargs: dict | None = None,
                  nonlin: Type[nn.Module] = nn.ReLU, nonlin_kwargs: dict | None = None,
-                 deep_supervision: bool = True):
+                 conv_init: str = "pytorch", deep_supervision: bool = True):
         super().__init__(deep_supervision)
         n = len(widths)
         strides = tuple(tuple(int(v) for v in s) for s in strides)
@@ -170,6 +176,8 @@ class SegResMamba(ExtNetwork):
         if any(not 0 <= int(i) < n for i in mamba_levels):
             raise ValueError(f"SegResMamba: mamba_levels must be encoder levels in 0..{n - 1}, "
                              f"got {list(mamba_levels)}")
+        if conv_init not in ("pytorch", "he"):
+            raise ValueError(f"SegResMamba: conv_init must be 'pytorch' or 'he', got '{conv_init}'")
         if upsample_mode not in ("nontrainable", "deconv"):
             raise ValueError(f"SegResMamba: upsample_mode must be 'nontrainable' or 'deconv', got '{upsample_mode}'")
         groups = (norm_op_kwargs or {}).get("num_groups", min(8, widths[0])) if norm_op is nn.GroupNorm else 1
@@ -184,5 +192,6 @@ class SegResMamba(ExtNetwork):
                                           mamba_kwargs)
         self.decoder = SegResMambaDecoder(self.encoder, num_classes, decoder_depths, upsample_mode, conv_kwargs)
         self.deep_supervision_scales = scales_from_strides(self.decoder.output_strides)
-        # convs get nnU-Net's He init; ToM's Linears and SSM parameters keep the Mamba block's own
-        self.apply(self.initialize)
+        # ToM's Linears and SSM parameters keep the Mamba block's own init either way
+        if conv_init == "he":
+            self.apply(self.initialize)

@@ -3,7 +3,7 @@
 from nnunet_ext.trainers.base import AbstractExtTrainer
 
 __all__ = ["SmallUNetTrainer", "UNETRPPTrainer", "SegResMambaTrainer", "SegResMambaTrainerNoToM",
-           "SegResMambaTrainerWide", "SegMambaTrainer"]
+           "SegResMambaTrainerWide", "SegResMambaTrainerHeInit", "SegMambaTrainer"]
 
 
 class SmallUNetTrainer(AbstractExtTrainer):
@@ -44,6 +44,15 @@ class SegResMambaTrainerWide(SegResMambaTrainer):
     About 4x the parameters and convolution MACs; tests whether the paper's width limits it."""
 
     network_kwargs = {"widths": (32, 64, 128, 256)}
+
+
+class SegResMambaTrainerHeInit(SegResMambaTrainer):
+    """Ablation: SegResMamba's convolutions with nnU-Net's He init instead of PyTorch's default.
+
+    Measures what the initialisation of the un-normalised residual stream costs (see
+    :class:`~nnunet_ext.architectures.segresmamba.SegResMamba`'s ``conv_init``)."""
+
+    network_kwargs = {"conv_init": "he"}
 
 
 class SegMambaTrainer(AbstractExtTrainer):

@@ -144,3 +144,47 @@ def test_trainer_builds_from_nnunet_plans():
     # plan total (4, 32, 32), deepest first and capped at 2^3 (plans.deepest_first_strides by hand)
     assert net.deep_supervision_scales == [[1.0, 1.0, 1.0], [1.0, 0.5, 0.5], [0.5, 0.25, 0.25]]
     assert out.shape == (1, 3, 16, 64, 64) and net.deep_supervision is False
+
+
+def _finest_up_and_skip_std(net, patch=(32, 32, 32)) -> tuple[float, float]:
+    """Standard deviations of the finest decoder level's up-sampled path and of the skip it is added to."""
+    x = torch.randn(2, 1, *patch)
+    with torch.no_grad():
+        skips = net.encoder(x)
+        h = skips[-1]
+        for up, stage, skip in zip(net.decoder.ups, net.decoder.stages, reversed(skips[:-1])):
+            u = up(h)
+            h = stage(u + skip)
+    return u.std().item(), skip.std().item()
+
+
+def test_default_init_starts_the_upsampled_path_and_the_skip_at_one_scale():
+    torch.manual_seed(0)
+    up, skip = _finest_up_and_skip_std(SegResMamba(1, 3, mamba_levels=()))
+    assert 0.25 < up / skip < 2, (up, skip)
+    # nnU-Net's He init on the convs of the un-normalised stream: the coarse path swamps the skip
+    torch.manual_seed(0)
+    up_he, skip_he = _finest_up_and_skip_std(SegResMamba(1, 3, mamba_levels=(), conv_init="he"))
+    assert up_he / skip_he > 4, (up_he, skip_he)
+
+
+def test_conv_init_chooses_the_convolutions_init_only():
+    torch.manual_seed(0)
+    default = SegResMamba(1, 3, widths=(8, 16), depths=(1, 1), decoder_depths=(1,), strides=((2, 2, 2),),
+                          mamba_levels=(1,))
+    torch.manual_seed(0)
+    he = SegResMamba(1, 3, widths=(8, 16), depths=(1, 1), decoder_depths=(1,), strides=((2, 2, 2),),
+                     mamba_levels=(1,), conv_init="he")
+    w = dict(default.named_parameters())
+    convs = {f"{m}.{p}" for m, mod in he.named_modules() if isinstance(mod, nn.Conv3d)
+             for p, _ in mod.named_parameters(recurse=False)}
+    assert convs and any(".mamba." in k for k in w)
+    for name, p in he.named_parameters():
+        assert torch.equal(p, w[name]) != (name in convs), name  # only the 3D convs (kernels, biases) differ
+    # PyTorch's default: uniform with bound 1/sqrt(fan_in); He (a=1e-2): normal with std ~ sqrt(2/fan_in)
+    k = default.encoder.downsamples[0].conv.weight
+    fan_in = k[0].numel()
+    assert k.abs().max().item() <= 1 / fan_in ** 0.5
+    assert abs(he.encoder.downsamples[0].conv.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.1
+    with pytest.raises(ValueError, match="conv_init"):
+        SegResMamba(1, 3, conv_init="xavier")

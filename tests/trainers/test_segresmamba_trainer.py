@@ -39,3 +39,14 @@ def test_wide_variant_doubles_every_width_and_inference_rebuild_loads_its_checkp
     x = torch.randn(1, 1, *PATCH)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), wide(x)[0])
+
+
+def test_he_init_variant_changes_only_the_convolutions_init():
+    torch.manual_seed(0)
+    default = _build(trainers.SegResMambaTrainer)
+    torch.manual_seed(0)
+    he = _build(trainers.SegResMambaTrainerHeInit)
+    k, k_he = default.encoder.downsamples[0].conv.weight, he.encoder.downsamples[0].conv.weight
+    fan_in = k[0].numel()
+    assert k.abs().max().item() <= fan_in ** -0.5 < k_he.abs().max().item()  # PyTorch's uniform bound vs He's normal
+    assert [tuple(v.shape) for v in he.state_dict().values()] == [tuple(v.shape) for v in default.state_dict().values()]
