@@ -80,8 +80,16 @@ def test_demo_runs_the_workflow_for_two_trainers_compares_and_reuses(tmp_path):
     assert json.loads(comparison.read_text()) == rows
 
 
-def test_demo_default_trainer(tmp_path):
+@pytest.fixture(scope="module")
+def demo_8mm(tmp_path_factory) -> Path:
+    """One working folder for the two 8 mm demos: the first builds, plans and preprocesses the dataset
+    as a new user's would, the second reuses it (as the demo does for a user who runs it again)."""
+    return tmp_path_factory.mktemp("demo_8mm")
+
+
+def test_demo_default_trainer(demo_8mm):
     """`nnunet-ext demo` as the README gives it, with its default trainer (MISSU), at a tiny budget."""
+    tmp_path = demo_8mm
     p = subprocess.run([str(BIN / "nnunet-ext"), "demo", "--epochs", "1", "--iters", "2", "--spacing", "8"],
                        cwd=tmp_path, env=_user_env(tmp_path), capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-5000:]
@@ -111,8 +119,9 @@ def test_demo_rejects_bad_arguments(tmp_path):
         assert not (tmp_path / "nnunet_ext_demo").exists()
 
 
-def test_demo_five_folds_selects_a_configuration_and_postprocesses(tmp_path):
+def test_demo_five_folds_selects_a_configuration_and_postprocesses(demo_8mm):
     """The full workflow: five folds, nnU-Net's model selection, ensemble prediction, its postprocessing."""
+    tmp_path = demo_8mm
     env = _user_env(tmp_path)
     p = subprocess.run([str(BIN / "nnunet-ext"), "demo", "--trainer", "SmallUNetTrainer", "--epochs", "1",
                         "--iters", "2", "--spacing", "8", "--folds", "0", "1", "2", "3", "4"], cwd=tmp_path, env=env,

@@ -159,7 +159,14 @@ def cascade_plans(tiny_dataset):
     return plans
 
 
-@pytest.mark.parametrize("trainer", PAPER_TRAINERS)
+#: The cascade's mechanics (previous-stage predictions, one-hot channels appended to the input) are
+#: nnU-Net's and our shared base trainer's, the same for every trainer; the network-specific part, first
+#: layers that read 1 + 2 channels, is checked for every network in ``test_every_network_reads_the_cascade_input``.
+#: End to end: one CNN-transformer and one Mamba network (the two quickest on a CPU).
+CASCADE_E2E = ["MISSUTrainer", "SegResMambaTrainer"]
+
+
+@pytest.mark.parametrize("trainer", CASCADE_E2E)
 def test_lowres_then_cascade_train_and_predict(tiny_dataset, cascade_plans, trainer, tmp_path):
     name = short(trainer)
     # fold 'all' validates on every training case, so the cascade gets a previous-stage segmentation of each
@@ -186,6 +193,27 @@ def test_lowres_then_cascade_train_and_predict(tiny_dataset, cascade_plans, trai
             assert set(np.unique(seg)) <= {0, 1, 2}
 
 
+@pytest.mark.parametrize("trainer", PAPER_TRAINERS)
+def test_every_network_reads_the_cascade_input(cascade_plans, trainer):
+    """Built from ``3d_cascade_fullres`` as the trainer builds it (1 image + 2 one-hot channels): every
+    layer named in ``keys_to_in_proj`` reads 3 channels and a forward pass gives the plan's outputs."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    import nnunet_ext.trainers
+
+    pm = PlansManager(cascade_plans)
+    cls = getattr(nnunet_ext.trainers, trainer)
+    torch.manual_seed(0)
+    net = cls.build_network_architecture(pm, pm.get_configuration("3d_cascade_fullres"), 3, 3, True)
+    weights = net.state_dict()
+    for key in net.keys_to_in_proj:
+        assert weights[f"{key}.weight"].shape[1] == 3, key
+    patch = _spec(cascade_plans).patch_size
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, *patch))
+    assert tuple(out[0].shape) == (1, 3, *patch)
+
+
 def get_arch(trainer: str) -> str:
     return next(a for a in available_architectures() if get_architecture(a).trainer == trainer)
 
@@ -199,7 +227,7 @@ def _spec(plans: dict):
 
 
 # --------------------------------------------------------------------------- comparing trainers
-@pytest.mark.parametrize("trainer", PAPER_TRAINERS)
+@pytest.mark.parametrize("trainer", CASCADE_E2E)  # nnU-Net's --val path; loading our checkpoints is tested per trainer
 def test_validation_with_best_checkpoint(tiny_dataset, trainer):
     fold = trained_fold0(tiny_dataset, trainer)
     assert (fold / "checkpoint_best.pth").is_file()
