@@ -115,3 +115,11 @@ class ExtNetwork(AbstractDynamicNetworkArchitectures):
             nn.init.kaiming_normal_(module.weight, a=1e-2)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+    def initialize_convolutions(self, conv_init: str) -> None:
+        """``"he"``: nnU-Net's He init (:meth:`initialize`) on every convolution; ``"pytorch"``: leave
+        PyTorch's default. Other layers keep their own init either way."""
+        if conv_init not in ("pytorch", "he"):
+            raise ValueError(f"{type(self).__name__}: conv_init must be 'pytorch' or 'he', got '{conv_init}'")
+        if conv_init == "he":
+            self.apply(self.initialize)

@@ -167,6 +167,9 @@ class MISSU(ExtNetwork):
         num_heads: attention heads (paper: 8).
         ffn_dim: FFN hidden width (our choice d = 512 by parameter count, see module doc).
         dropout, attn_dropout: transformer dropouts (0.1, as in the authors' TransBTS-based code).
+        conv_init: ``"pytorch"`` (PyTorch's default, as TransBTS's code keeps it) or ``"he"``
+            (nnU-Net's He init). As in SegResNet, the encoder's residual stream is never normalised and
+            the stem and stride-2 convs act on it directly; He init doubles its variance at each.
         deep_supervision: return the list of outputs.
     """
 
@@ -181,7 +184,8 @@ class MISSU(ExtNetwork):
                  deep_supervision: bool = True, conv_op: Type[nn.Module] = nn.Conv3d,
                  transp_op: Type[nn.Module] = nn.ConvTranspose3d,
                  norm_op: Type[nn.Module] | None = nn.InstanceNorm3d, norm_op_kwargs: dict | None = None,
-                 nonlin: Type[nn.Module] | None = nn.ReLU, nonlin_kwargs: dict | None = None):
+                 nonlin: Type[nn.Module] | None = nn.ReLU, nonlin_kwargs: dict | None = None,
+                 conv_init: str = "pytorch"):
         super().__init__(deep_supervision, key_to_lpe="bottleneck.transformer.pos_embed")
         strides = tuple(tuple(int(v) for v in s) for s in strides)
         check_lengths("MISSU", widths, depths=(depths, len(widths)), strides=(strides, len(widths) - 1))
@@ -202,7 +206,7 @@ class MISSU(ExtNetwork):
 
         self.deep_supervision_scales = scales_from_strides([(1, 1, 1)] + cumulative_strides(strides[:-1]))
         self.distillation_features: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | None = None
-        self.apply(self.initialize)
+        self.initialize_convolutions(conv_init)  # the transformer's Linears keep their own
 
     def forward(self, x: torch.Tensor):
         features = self.encoder(x)

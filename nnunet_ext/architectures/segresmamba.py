@@ -176,8 +176,6 @@ class SegResMamba(ExtNetwork):
         if any(not 0 <= int(i) < n for i in mamba_levels):
             raise ValueError(f"SegResMamba: mamba_levels must be encoder levels in 0..{n - 1}, "
                              f"got {list(mamba_levels)}")
-        if conv_init not in ("pytorch", "he"):
-            raise ValueError(f"SegResMamba: conv_init must be 'pytorch' or 'he', got '{conv_init}'")
         if upsample_mode not in ("nontrainable", "deconv"):
             raise ValueError(f"SegResMamba: upsample_mode must be 'nontrainable' or 'deconv', got '{upsample_mode}'")
         groups = (norm_op_kwargs or {}).get("num_groups", min(8, widths[0])) if norm_op is nn.GroupNorm else 1
@@ -192,6 +190,4 @@ class SegResMamba(ExtNetwork):
                                           mamba_kwargs)
         self.decoder = SegResMambaDecoder(self.encoder, num_classes, decoder_depths, upsample_mode, conv_kwargs)
         self.deep_supervision_scales = scales_from_strides(self.decoder.output_strides)
-        # ToM's Linears and SSM parameters keep the Mamba block's own init either way
-        if conv_init == "he":
-            self.apply(self.initialize)
+        self.initialize_convolutions(conv_init)  # ToM's Linears and SSM parameters keep their own

@@ -118,3 +118,9 @@ class MISSUTrainerNoDistillation(MISSUTrainer):
     """MISSU with lambda = 0: the ablation without self-distillation (MSF still runs; L_sd is logged)."""
 
     distillation_weight = 0.0
+
+
+class MISSUTrainerHeInit(MISSUTrainer):
+    """Ablation: MISSU's convolutions with nnU-Net's He init instead of PyTorch's default."""
+
+    network_kwargs = {"conv_init": "he"}

@@ -19,3 +19,26 @@ def test_logits_are_of_order_one_at_initialisation(name):
     for i, out in enumerate(outputs):
         std = out.std().item()
         assert 0.05 < std < 10, f"{name}: output {i} has logit std {std:.3g} at initialisation"
+
+
+#: networks whose encoder keeps an un-normalised residual stream (SegResNet / TransBTS style: plain
+#: stem and stride-2 convs, pre-activation residual blocks)
+PRE_ACTIVATION = ["missu", "segresmamba"]
+
+
+@pytest.mark.parametrize("name", PRE_ACTIVATION)
+def test_pre_activation_encoders_keep_their_stream_at_one_scale(name):
+    """With their default init (PyTorch's, as their reference code) the encoder's features keep the
+    input's scale from level to level; nnU-Net's He init (``conv_init="he"``) doubles the stream's
+    variance at every plain conv, so the deepest level starts several times larger than the first."""
+    spec = PlanSpec.from_patch((32, 32, 32), (1.0, 1.0, 1.0))
+    x = torch.randn(2, 1, *spec.patch_size)
+    ratios = {}
+    for init in ("pytorch", "he"):
+        torch.manual_seed(0)
+        net = build_network(name, spec, 1, 3, deep_supervision=True, conv_init=init).eval()
+        with torch.no_grad():
+            stds = [f.std().item() for f in net.encoder(x)]
+        ratios[init] = max(stds) / min(stds)
+    assert ratios["pytorch"] < 2, ratios
+    assert ratios["he"] > 2.5, ratios
