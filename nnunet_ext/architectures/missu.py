@@ -167,9 +167,11 @@ class MISSU(ExtNetwork):
         num_heads: attention heads (paper: 8).
         ffn_dim: FFN hidden width (our choice d = 512 by parameter count, see module doc).
         dropout, attn_dropout: transformer dropouts (0.1, as in the authors' TransBTS-based code).
-        conv_init: ``"pytorch"`` (PyTorch's default, as TransBTS's code keeps it) or ``"he"``
-            (nnU-Net's He init). As in SegResNet, the encoder's residual stream is never normalised and
-            the stem and stride-2 convs act on it directly; He init doubles its variance at each.
+        conv_init: ``"he"`` (nnU-Net's He init) or ``"pytorch"`` (PyTorch's default, as TransBTS's
+            code keeps it). As in SegResNet, the encoder's residual stream is never normalised and the
+            stem and stride-2 convs act on it directly, so He init doubles its variance at each; unlike
+            SegResMamba, MISSU's decoder normalises after every concatenation, and with nnU-Net's recipe
+            He init trained at least as well (README), so it stays the default.
         deep_supervision: return the list of outputs.
     """
 
@@ -185,7 +187,7 @@ class MISSU(ExtNetwork):
                  transp_op: Type[nn.Module] = nn.ConvTranspose3d,
                  norm_op: Type[nn.Module] | None = nn.InstanceNorm3d, norm_op_kwargs: dict | None = None,
                  nonlin: Type[nn.Module] | None = nn.ReLU, nonlin_kwargs: dict | None = None,
-                 conv_init: str = "pytorch"):
+                 conv_init: str = "he"):
         super().__init__(deep_supervision, key_to_lpe="bottleneck.transformer.pos_embed")
         strides = tuple(tuple(int(v) for v in s) for s in strides)
         check_lengths("MISSU", widths, depths=(depths, len(widths)), strides=(strides, len(widths) - 1))

@@ -9,12 +9,12 @@ their train steps with :class:`~.timing.StepTimingMixin`, which any trainer can 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ext.trainers.base import AbstractExtTrainer
-from nnunet_ext.trainers.missu import MISSUTrainer, MISSUTrainerHeInit, MISSUTrainerNoDistillation
+from nnunet_ext.trainers.missu import MISSUTrainer, MISSUTrainerPyTorchInit, MISSUTrainerNoDistillation
 from nnunet_ext.trainers.networks import *  # noqa: F401,F403  (one class per registered network)
 from nnunet_ext.trainers.networks import __all__ as _network_trainers
 from nnunet_ext.trainers.variants import make_variant, parse_variant
 
-__all__ = ["AbstractExtTrainer", "MISSUTrainer", "MISSUTrainerNoDistillation", "MISSUTrainerHeInit", *_network_trainers]
+__all__ = ["AbstractExtTrainer", "MISSUTrainer", "MISSUTrainerNoDistillation", "MISSUTrainerPyTorchInit", *_network_trainers]
 
 
 def __getattr__(name: str):

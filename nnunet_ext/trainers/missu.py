@@ -120,7 +120,7 @@ class MISSUTrainerNoDistillation(MISSUTrainer):
     distillation_weight = 0.0
 
 
-class MISSUTrainerHeInit(MISSUTrainer):
-    """Ablation: MISSU's convolutions with nnU-Net's He init instead of PyTorch's default."""
+class MISSUTrainerPyTorchInit(MISSUTrainer):
+    """Ablation: MISSU's convolutions with PyTorch's default init (TransBTS's code) instead of He init."""
 
-    network_kwargs = {"conv_init": "he"}
+    network_kwargs = {"conv_init": "pytorch"}

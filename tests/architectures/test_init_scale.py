@@ -28,8 +28,8 @@ PRE_ACTIVATION = ["missu", "segresmamba"]
 
 @pytest.mark.parametrize("name", PRE_ACTIVATION)
 def test_pre_activation_encoders_keep_their_stream_at_one_scale(name):
-    """With their default init (PyTorch's, as their reference code) the encoder's features keep the
-    input's scale from level to level; nnU-Net's He init (``conv_init="he"``) doubles the stream's
+    """With PyTorch's init (``conv_init="pytorch"``, their reference code's) the encoder's features keep
+    the input's scale from level to level; nnU-Net's He init (``conv_init="he"``) doubles the stream's
     variance at every plain conv, so the deepest level starts several times larger than the first."""
     spec = PlanSpec.from_patch((32, 32, 32), (1.0, 1.0, 1.0))
     x = torch.randn(2, 1, *spec.patch_size)

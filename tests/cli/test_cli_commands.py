@@ -15,7 +15,7 @@ def test_trainers_lists_every_registered_trainer(capsys):
     # the variants, each with the first line of its docstring
     variants = out.split("Variants")[1].splitlines()
     for name in ("MISSUTrainerNoDistillation", "SegResMambaTrainerNoToM", "SegResMambaTrainerWide",
-                 "SegResMambaTrainerHeInit", "MISSUTrainerHeInit"):
+                 "SegResMambaTrainerHeInit", "MISSUTrainerPyTorchInit"):
         assert any(line.startswith(name + " ") and len(line.split()) > 3 for line in variants), name
     assert not any(line.startswith(("AbstractExtTrainer", "SegMambaTrainer ")) for line in variants)
 

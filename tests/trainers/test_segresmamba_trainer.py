@@ -1,4 +1,5 @@
-"""SegResMamba's trainer variants: constructor overrides reach the network, in training and at inference."""
+"""Trainer variants that set network constructor arguments (SegResMamba, MISSU): the overrides reach
+the network, in training and at inference."""
 
 import torch
 
@@ -50,3 +51,16 @@ def test_he_init_variant_changes_only_the_convolutions_init():
     fan_in = k[0].numel()
     assert k.abs().max().item() <= fan_in ** -0.5 < k_he.abs().max().item()  # PyTorch's uniform bound vs He's normal
     assert [tuple(v.shape) for v in he.state_dict().values()] == [tuple(v.shape) for v in default.state_dict().values()]
+
+
+def test_missu_pytorch_init_variant_reaches_the_network():
+    x = torch.randn(2, 1, *PATCH)
+    ratios = {}
+    for cls in (trainers.MISSUTrainer, trainers.MISSUTrainerPyTorchInit):
+        torch.manual_seed(0)
+        net = _build(cls).eval()
+        with torch.no_grad():
+            stds = [f.std().item() for f in net.encoder(x)]
+        ratios[cls.__name__] = max(stds) / min(stds)
+    # He init (MISSU's default) grows the encoder's un-normalised stream; PyTorch's keeps it at one scale
+    assert ratios["MISSUTrainerPyTorchInit"] < 2 < ratios["MISSUTrainer"], ratios
