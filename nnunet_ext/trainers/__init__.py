@@ -14,7 +14,8 @@ from nnunet_ext.trainers.networks import *  # noqa: F401,F403  (one class per re
 from nnunet_ext.trainers.networks import __all__ as _network_trainers
 from nnunet_ext.trainers.variants import make_variant, parse_variant
 
-__all__ = ["AbstractExtTrainer", "MISSUTrainer", "MISSUTrainerNoDistillation", "MISSUTrainerPyTorchInit", *_network_trainers]
+__all__ = ["AbstractExtTrainer", "MISSUTrainer", "MISSUTrainerNoDistillation", "MISSUTrainerPyTorchInit",
+           *_network_trainers]
 
 
 def __getattr__(name: str):

@@ -163,10 +163,10 @@ def cascade_plans(tiny_dataset):
 #: nnU-Net's and our shared base trainer's, the same for every trainer; the network-specific part, first
 #: layers that read 1 + 2 channels, is checked for every network in ``test_every_network_reads_the_cascade_input``.
 #: End to end: one CNN-transformer and one Mamba network (the two quickest on a CPU).
-CASCADE_E2E = ["MISSUTrainer", "SegResMambaTrainer"]
+QUICKEST_PAIR = ["MISSUTrainer", "SegResMambaTrainer"]
 
 
-@pytest.mark.parametrize("trainer", CASCADE_E2E)
+@pytest.mark.parametrize("trainer", QUICKEST_PAIR)
 def test_lowres_then_cascade_train_and_predict(tiny_dataset, cascade_plans, trainer, tmp_path):
     name = short(trainer)
     # fold 'all' validates on every training case, so the cascade gets a previous-stage segmentation of each
@@ -227,7 +227,7 @@ def _spec(plans: dict):
 
 
 # --------------------------------------------------------------------------- comparing trainers
-@pytest.mark.parametrize("trainer", CASCADE_E2E)  # nnU-Net's --val path; loading our checkpoints is tested per trainer
+@pytest.mark.parametrize("trainer", QUICKEST_PAIR)  # nnU-Net's --val path; loading our checkpoints is tested per trainer
 def test_validation_with_best_checkpoint(tiny_dataset, trainer):
     fold = trained_fold0(tiny_dataset, trainer)
     assert (fold / "checkpoint_best.pth").is_file()
@@ -238,7 +238,7 @@ def test_validation_with_best_checkpoint(tiny_dataset, trainer):
 
 
 def test_find_best_configuration_and_ensemble_two_trainers(tiny_dataset, tmp_path):
-    pair = [short("MISSUTrainer"), short("SegResMambaTrainer")]
+    pair = [short(t) for t in QUICKEST_PAIR]
     for name in pair:
         trained_fold0(tiny_dataset, name.split("_")[0])
         tiny_dataset.train(name, 0, "3d_fullres", "--val", "--npz")  # validation probabilities for ensembling
