@@ -1,13 +1,13 @@
-"""Mamba blocks: the selective SSM core, the Mamba mixer, tri-oriented Mamba (ToM) and the
-residual Mamba layer used by SegMamba and SegResMamba.
+"""Mamba blocks: the selective SSM core, tri-oriented Mamba (ToM) and the residual Mamba layer
+used by SegMamba and SegResMamba.
 
 Shapes (E = expand * C, N = d_state, L = Z * Y * X tokens):
 
 - :class:`SelectiveSSM`: x, z (B, E, L) -> y (B, E, L): causal depthwise conv1d -> SiLU ->
   x_proj -> dt_proj -> selective scan with the gate SiLU(z) (one scan direction).
-- :class:`MambaMixer`: tokens (B, L, C) -> (B, L, C) (Gu & Dao, "Mamba", arXiv 2312.00752, Fig. 3).
 - :class:`TriOrientedMamba`: (B, C, Z, Y, X) -> (B, C, Z, Y, X) (SegMamba, Xing et al., MICCAI 2024,
-  "ToM"): one shared in_proj/out_proj, one :class:`SelectiveSSM` per token order.
+  "ToM"): one shared in_proj/out_proj, one :class:`SelectiveSSM` per token order; with the single
+  order ``("raster",)`` it is the Mamba block of Gu & Dao ("Mamba", arXiv 2312.00752, Fig. 3).
 - :class:`MambaLayer`: (B, C, Z, Y, X) -> x + ToM(LayerNorm_C(x)).
 
 The three token orders are derived from each feature map's own shape (see :func:`to_order`),
@@ -57,15 +57,9 @@ def from_order(t: torch.Tensor, spatial_shape: Sequence[int], direction: str) ->
     raise ValueError(f"unknown token order '{direction}'; known: {', '.join(DIRECTIONS)}")
 
 
-def order_permutation(spatial_shape: Sequence[int], direction: str) -> torch.Tensor:
-    """``perm`` (L,) with ``to_order(t)[..., k] == t[..., perm[k]]``: the raster index of the k-th token."""
-    n = math.prod(int(s) for s in spatial_shape)
-    return to_order(torch.arange(n), spatial_shape, direction)
-
-
 # ---------------------------------------------------------------------------- the SSM core
 class SelectiveSSM(nn.Module):
-    """One scan direction of a Mamba mixer (everything between in_proj and out_proj).
+    """One scan direction of a Mamba block (everything between in_proj and out_proj).
 
     ``forward(x, z)``: x, z (B, E, L) -> y (B, E, L), with
     x' = SiLU(causal_conv1d(x)); (dt, B, C) = x_proj(x'); delta = dt_proj.weight @ dt;
@@ -140,29 +134,6 @@ def _project_out(out_proj: nn.Linear, y: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- mixers
-class MambaMixer(nn.Module):
-    """The Mamba block (Gu & Dao, arXiv 2312.00752, Fig. 3): tokens (B, L, C) -> (B, L, C).
-
-    in_proj (C -> 2E, split into x and gate z) -> :class:`SelectiveSSM` -> out_proj (E -> C),
-    E = expand * C. Defaults are Mamba's (d_state 16, d_conv 4, expand 2, dt_rank ceil(C/16)).
-    """
-
-    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False):
-        super().__init__()
-        self.d_model, self.d_inner = d_model, int(expand * d_model)
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        self.ssm = SelectiveSSM(self.d_inner, d_state, d_conv, _dt_rank(d_model, dt_rank), dt_min, dt_max,
-                                dt_init_floor=dt_init_floor, conv_bias=conv_bias)
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x, z = _project_in(self.in_proj, tokens).chunk(2, dim=1)  # (B, E, L) each
-        y = self.ssm(x, z)  # (B, E, L)
-        return self.out_proj(y.transpose(1, 2))
-
-
 class TriOrientedMamba(nn.Module):
     """ToM (SegMamba, Xing et al., MICCAI 2024): (B, C, Z, Y, X) -> (B, C, Z, Y, X).
 
@@ -204,10 +175,6 @@ class TriOrientedMamba(nn.Module):
             y = y_d if y is None else y + y_d
         return _project_out(self.out_proj, y)
 
-    def forward_tokens(self, tokens: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
-        """tokens (B, L, C) in raster order of ``spatial_shape`` (Z, Y, X) -> (B, L, C)."""
-        return self.mix_channels_first(tokens, spatial_shape).transpose(1, 2)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.mix_channels_first(x.flatten(2).transpose(1, 2), x.shape[2:])  # (B, C, L)
         return out.view(x.shape)
@@ -228,5 +195,4 @@ class MambaLayer(nn.Module):
         return x + out.view(x.shape)
 
 
-__all__ = ["DIRECTIONS", "MambaLayer", "MambaMixer", "SelectiveSSM", "TriOrientedMamba", "from_order",
-           "order_permutation", "to_order"]
+__all__ = ["DIRECTIONS", "MambaLayer", "SelectiveSSM", "TriOrientedMamba", "from_order", "to_order"]

@@ -1,4 +1,5 @@
-"""Mamba mixer, ToM token orders and the residual Mamba layer (issue 5, blocks part)."""
+"""Mamba blocks: the SSM core, ToM token orders, the Mamba block (ToM with one order) and the
+residual Mamba layer; the hand-written checks use the sequential reference scan."""
 
 import math
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_ext.blocks.mamba import (DIRECTIONS, MambaLayer, MambaMixer, SelectiveSSM, TriOrientedMamba,
-                                     from_order, order_permutation, to_order)
+from nnunet_ext.blocks import mamba
+from nnunet_ext.blocks.mamba import DIRECTIONS, MambaLayer, SelectiveSSM, TriOrientedMamba, from_order, to_order
 from nnunet_ext.ops import ENV_VAR, available_backends
 from nnunet_ext.ops.reference import selective_scan_sequential
 from tests.ops.precision import assert_f32_close, assert_f64_close
@@ -25,11 +26,16 @@ def _assert_all_grads(module: torch.nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------- token orders
+def _permutation(shape, direction) -> torch.Tensor:
+    """perm (L,) with ``to_order(t)[..., k] == t[..., perm[k]]``: the raster index of the k-th token."""
+    return to_order(torch.arange(math.prod(shape)), shape, direction)
+
+
 @pytest.mark.parametrize("shape", ODD_SHAPES)
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_orders_are_permutations_with_inverses(shape, direction):
     n = math.prod(shape)
-    perm = order_permutation(shape, direction)
+    perm = _permutation(shape, direction)
     assert torch.equal(perm.sort().values, torch.arange(n))
     t = torch.randn(2, 3, n)
     ordered = to_order(t, shape, direction)
@@ -42,10 +48,10 @@ def test_orders_are_permutations_with_inverses(shape, direction):
 def test_orders_follow_their_definitions(shape):
     z, y, x = shape
     n = z * y * x
-    assert torch.equal(order_permutation(shape, "raster"), torch.arange(n))
-    assert torch.equal(order_permutation(shape, "reversed"), torch.arange(n).flip(0))
+    assert torch.equal(_permutation(shape, "raster"), torch.arange(n))
+    assert torch.equal(_permutation(shape, "reversed"), torch.arange(n).flip(0))
     # inter-slice: the depth index varies fastest -> token k = p * Z + d holds raster voxel (d, p)
-    inter = order_permutation(shape, "inter_slice")
+    inter = _permutation(shape, "inter_slice")
     expected = torch.tensor([d * y * x + p for p in range(y * x) for d in range(z)])
     assert torch.equal(inter, expected)
     # same as flattening the map permuted to (Y, X, Z)
@@ -60,7 +66,7 @@ def test_unknown_order_raises():
         TriOrientedMamba(8, directions=("raster", "diagonal"))
 
 
-# ---------------------------------------------------------------------------- mixer
+# ------------------------------------------------------------ the Mamba block (ToM with one order)
 def test_ssm_init_follows_mamba():
     ssm = SelectiveSSM(32, d_state=16, dt_rank=2)
     assert torch.allclose(ssm.A_log, torch.log(torch.arange(1, 17.0)).expand(32, -1))
@@ -70,10 +76,12 @@ def test_ssm_init_follows_mamba():
     assert ssm.dt_proj.weight.abs().max() <= 2 ** -0.5
 
 
-def _mixer_by_hand(m: MambaMixer, tokens: torch.Tensor) -> torch.Tensor:
-    """The Mamba block written out with torch ops and the sequential reference scan."""
-    ssm = m.ssm
-    xz = tokens @ m.in_proj.weight.T  # (B, L, 2E)
+def _mamba_by_hand(tom: TriOrientedMamba, direction: str, tokens: torch.Tensor) -> torch.Tensor:
+    """The Mamba block (Gu & Dao, arXiv 2312.00752, Fig. 3) with ``tom``'s shared projections and
+    its ``direction`` SSM, written out with torch ops and the sequential reference scan:
+    tokens (B, L, C), in the order the SSM reads them -> (B, L, C)."""
+    ssm = tom.ssm[direction]
+    xz = tokens @ tom.in_proj.weight.T  # (B, L, 2E)
     x, z = xz.transpose(1, 2).chunk(2, dim=1)
     w = ssm.conv1d.weight.shape[-1]
     x = F.silu(F.conv1d(F.pad(x, (w - 1, 0)), ssm.conv1d.weight, ssm.conv1d.bias, groups=x.shape[1]))
@@ -82,33 +90,32 @@ def _mixer_by_hand(m: MambaMixer, tokens: torch.Tensor) -> torch.Tensor:
     delta = (dt @ ssm.dt_proj.weight.T).transpose(1, 2)
     y = selective_scan_sequential(x, delta, -torch.exp(ssm.A_log), b.transpose(1, 2), c.transpose(1, 2), ssm.D, z,
                                   delta_bias=ssm.dt_proj.bias, delta_softplus=True)
-    return y.transpose(1, 2) @ m.out_proj.weight.T
+    return y.transpose(1, 2) @ tom.out_proj.weight.T
 
 
-def test_mixer_matches_hand_written_mamba():
-    m = MambaMixer(8, d_state=4)
-    tokens = torch.randn(2, 13, 8)
-    out = m(tokens)
-    assert out.shape == tokens.shape
-    torch.testing.assert_close(out, _mixer_by_hand(m, tokens), rtol=1e-4, atol=1e-5)
+def _raster_mamba(channels: int = 8) -> TriOrientedMamba:
+    """ToM with the single raster order: the plain Mamba block on a feature map."""
+    return TriOrientedMamba(channels, d_state=4, directions=("raster",))
 
 
-def test_mixer_gradient_reaches_every_parameter():
-    m = MambaMixer(8, d_state=4)
-    tokens = torch.randn(2, 13, 8, requires_grad=True)
-    m(tokens).square().sum().backward()
-    _assert_all_grads(m)
-    assert tokens.grad is not None and torch.isfinite(tokens.grad).all()
+def test_one_raster_order_is_the_hand_written_mamba_block():
+    m = _raster_mamba()
+    x = torch.randn(2, 8, 1, 3, 5)
+    out = m(x)
+    assert out.shape == x.shape
+    tokens = x.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(out.flatten(2).transpose(1, 2), _mamba_by_hand(m, "raster", tokens),
+                               rtol=1e-4, atol=1e-5)
 
 
-def test_mixer_is_causal():
-    m = MambaMixer(8, d_state=4)
-    tokens = torch.randn(1, 12, 8)
-    changed = tokens.clone()
-    changed[:, 7:] += 1.0
-    a, b = m(tokens), m(changed)
-    torch.testing.assert_close(a[:, :7], b[:, :7])
-    assert not torch.allclose(a[:, 7:], b[:, 7:])
+def test_mamba_block_is_causal_along_the_raster_order():
+    m = _raster_mamba()
+    x = torch.randn(1, 8, 1, 1, 12)
+    changed = x.clone()
+    changed[..., 7:] += 1.0
+    a, b = m(x), m(changed)
+    torch.testing.assert_close(a[..., :7], b[..., :7])
+    assert not torch.allclose(a[..., 7:], b[..., 7:])
 
 
 # ---------------------------------------------------------------------------- ToM
@@ -125,6 +132,7 @@ def test_tom_gradient_reaches_every_direction():
     tom(x).square().sum().backward()
     _assert_all_grads(tom)
     assert set(tom.ssm.keys()) == set(DIRECTIONS)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 def _single(tom: TriOrientedMamba, direction: str) -> TriOrientedMamba:
@@ -135,26 +143,18 @@ def _single(tom: TriOrientedMamba, direction: str) -> TriOrientedMamba:
     return one
 
 
-def _mixer_with(tom: TriOrientedMamba, direction: str) -> MambaMixer:
-    mixer = MambaMixer(tom.channels, d_state=tom.ssm[direction].d_state)
-    mixer.in_proj.load_state_dict(tom.in_proj.state_dict())
-    mixer.out_proj.load_state_dict(tom.out_proj.state_dict())
-    _copy_ssm(mixer.ssm, tom.ssm[direction])
-    return mixer
-
-
-def test_tom_is_the_sum_of_three_mixers_in_their_orders():
-    """Each direction = a plain Mamba mixer on the tokens in that order, mapped back (values)."""
+def test_tom_is_the_sum_of_three_mamba_blocks_in_their_orders():
+    """Each direction = the hand-written Mamba block on the tokens in that order, mapped back (values)."""
     torch.manual_seed(1)
     tom = TriOrientedMamba(6, d_state=4)
     x = torch.randn(2, 6, 3, 5, 7)
     b, c, z, y, w = x.shape
     raster = x.flatten(2).transpose(1, 2)  # (B, L, C)
     expect = {
-        "raster": _mixer_with(tom, "raster")(raster),
-        "reversed": _mixer_with(tom, "reversed")(raster.flip(1)).flip(1),
+        "raster": _mamba_by_hand(tom, "raster", raster),
+        "reversed": _mamba_by_hand(tom, "reversed", raster.flip(1)).flip(1),
         # inter-slice = raster order of the map permuted to (Y, X, Z), permuted back
-        "inter_slice": _mixer_with(tom, "inter_slice")(x.permute(0, 1, 3, 4, 2).flatten(2).transpose(1, 2))
+        "inter_slice": _mamba_by_hand(tom, "inter_slice", x.permute(0, 1, 3, 4, 2).flatten(2).transpose(1, 2))
         .transpose(1, 2).reshape(b, c, y, w, z).permute(0, 1, 4, 2, 3).flatten(2).transpose(1, 2),
     }
     for d in DIRECTIONS:
@@ -194,23 +194,33 @@ def test_mamba_layer_builds_and_runs_on_meta():
 # ---------------------------------------------------------------------------- back-ends agree, same weights
 #: name -> (module factory, input shape, tokens L per sequence); C = 8, E = 16, N = 4
 BLOCKS = {
-    "mixer": (lambda: MambaMixer(8, d_state=4), (2, 50, 8), 50),
+    "mamba": (_raster_mamba, (2, 8, 2, 5, 5), 50),
     "tom": (lambda: TriOrientedMamba(8, d_state=4), (2, 8, 3, 5, 7), 105),
     "layer": (lambda: MambaLayer(8, d_state=4), (2, 8, 3, 5, 7), 105),
 }
 
 
+def use_scan(monkeypatch, backend: str) -> None:
+    """Make the Mamba blocks scan with ``backend``: a back-end name (forced through the environment
+    variable), or ``"reference"``: the sequential reference scan in place of the blocks' scan."""
+    if backend == "reference":
+        monkeypatch.setattr(mamba, "selective_scan", selective_scan_sequential)
+    else:
+        monkeypatch.setenv(ENV_VAR, backend)
+
+
 def _block_outputs_and_grads(name, backend, dtype, monkeypatch):
     """Output and the gradient of the input and of every parameter under a fixed random loss, with
-    the scan back-end forced to ``backend`` and the block (fixed weights) cast to ``dtype``."""
+    the scan of ``backend`` (see :func:`use_scan`) and the block (fixed weights) cast to ``dtype``."""
     factory, shape, _ = BLOCKS[name]
     torch.manual_seed(3)
     block = factory().to(dtype)
     x = torch.randn(shape).to(dtype).requires_grad_()
     weight = torch.randn(shape).to(dtype)
-    monkeypatch.setenv(ENV_VAR, backend)
-    out = block(x)
-    grads = torch.autograd.grad((out * weight).sum(), [x, *block.parameters()])
+    with monkeypatch.context() as m:
+        use_scan(m, backend)
+        out = block(x)
+        grads = torch.autograd.grad((out * weight).sum(), [x, *block.parameters()])
     names = ["input", *(n for n, _ in block.named_parameters())]
     return {"out": out, **{f"d{n}": g for n, g in zip(names, grads)}}
 

@@ -25,7 +25,7 @@ import torch
 from nnunet_ext.ops import (ENV_VAR, BackendUnavailableError, available_backends, backends, resolve_backend,
                             selective_scan)
 from nnunet_ext.ops.reference import selective_scan_sequential
-from tests.blocks.test_mamba_blocks import BLOCKS, _block_outputs_and_grads
+from tests.blocks.test_mamba_blocks import BLOCKS, _block_outputs_and_grads, use_scan
 from tests.ops.precision import assert_f32_close, f32_tolerance
 
 pytest.importorskip("triton")
@@ -171,10 +171,10 @@ def test_custom_op_routes_to_triton(st):
                                                      delta_softplus=True), n_ops(inputs), "custom op y")
 
 
-@pytest.mark.parametrize("name", ["layer", "mixer"])
+@pytest.mark.parametrize("name", ["layer", "mamba"])
 def test_mamba_blocks_same_weights_same_outputs(st, monkeypatch, name):
     """Same checkpoint, same outputs whichever back-end runs: SegMamba's MambaLayer (ToM, three
-    token orders) forward, and the Mamba mixer's output and the gradients of its input and of every
+    token orders) forward, and the Mamba block's output and the gradients of its input and of every
     parameter, with the Triton scan against the float64 block (same weights, N 4, E 16)."""
     factory, shape, length = BLOCKS[name]
     ops = shape[0] * length + 16 + 4
@@ -183,8 +183,8 @@ def test_mamba_blocks_same_weights_same_outputs(st, monkeypatch, name):
         for backend, dtype in (("reference", torch.float64), ("triton", torch.float32)):
             torch.manual_seed(3)
             block = factory().to(dtype)
-            monkeypatch.setenv(ENV_VAR, backend)
-            with torch.no_grad():
+            with monkeypatch.context() as m, torch.no_grad():
+                use_scan(m, backend)
                 outs[backend] = block(torch.randn(shape).to(dtype))
         assert_f32_close(outs["triton"], outs["reference"], ops, "MambaLayer output")
         return
