@@ -5,6 +5,7 @@ prints the per-class means as a markdown table. The options are checked here, be
 read; the scoring is :func:`nnunet_ext.evaluation.folder.evaluate_folders`.
 """
 
+import os
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -49,6 +50,25 @@ def _check_output(option: str, path: Path, example: str) -> None:
     if not parent.is_dir():
         raise _checks.fail("evaluate", f"{option} '{path}' cannot be written: '{parent}' is a file, "
                                        f"not a folder; choose another path")
+    why = _not_writable(parent)
+    if why:
+        raise _checks.fail("evaluate", f"{option} '{path}' cannot be written: '{parent}' is not writable "
+                                       f"({why}); choose a writable {option}")
+
+
+def _not_writable(folder: Path) -> str:
+    """Why no file can be created in the existing ``folder`` ('' if one can): a file is created
+    and removed there, so a read-only file system or one that refuses root is caught too."""
+    import tempfile
+
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "permission denied"
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nnunet-ext-write-check-"):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return ""
 
 
 def parse_labels(values: Iterable[str]) -> list[int]:

@@ -2,6 +2,7 @@
 memory target (:mod:`nnunet_ext.planning`)."""
 
 import json
+import math
 
 
 def register(sub) -> None:
@@ -26,7 +27,26 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _check_arguments(args) -> None:
+    """The checks that need no import: one line naming the option, before torch and nnU-Net load."""
+    from nnunet_ext.cli import _checks
+
+    for g in args.gpu_memory:
+        if not (math.isfinite(g) and g > 0):
+            raise _checks.fail("plan", f"--gpu-memory takes GPU memory targets in GB > 0 (e.g. 24), got {g:g}")
+    repeated = sorted({g for g in args.gpu_memory if args.gpu_memory.count(g) > 1})
+    if repeated:
+        raise _checks.fail("plan", f"--gpu-memory gives {' '.join(f'{g:g}' for g in repeated)} more than once; "
+                                   f"give each target once (one plans file each)")
+    if len(set(args.trainer)) != len(args.trainer):
+        raise _checks.fail("plan", "--trainer names a trainer twice; give each trainer once")
+    if args.headroom is not None and not (math.isfinite(args.headroom) and 0 <= args.headroom < 1):
+        raise _checks.fail("plan", f"--headroom is a fraction of the target from 0 to below 1 (e.g. 0.1), "
+                                   f"got {args.headroom:g}")
+
+
 def run(args) -> int:
+    _check_arguments(args)
     from nnunet_ext.planning.dataset import (PlanningError, format_rows, next_steps, plan_dataset,
                                              result_rows, write_plans)
     from nnunet_ext.planning.planner import DEFAULT_HEADROOM

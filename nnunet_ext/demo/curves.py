@@ -9,7 +9,8 @@ trainers' training loss (its total adds the distillation term).
 
 :func:`read_curve` turns a fold's log into arrays against training iterations
 (``(epoch + 1) * iterations_per_epoch``); :func:`draw_learning_curves` puts every trainer on the same
-axes (validation pseudo-Dice left, training and validation loss right; a trainer's folds averaged);
+axes (validation pseudo-Dice left, training and validation loss right -- nnU-Net's cross-entropy minus
+soft Dice, so it goes below 0 and -1 is perfect; a trainer's folds averaged);
 :func:`save_learning_curves` writes the PNG through :mod:`nnunet_ext.io`.
 """
 
@@ -21,6 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_ext.io import write_file
+
+#: nnU-Net's loss (``DC_and_CE_loss``) is cross-entropy plus its Dice term, which is the *negative*
+#: soft Dice: it falls below 0 as the network learns and would reach -1 with CE 0 and soft Dice 1
+#: (deep-supervision outputs weighted to sum 1)
+LOSS_AXIS_LABEL = "loss = cross-entropy − soft Dice (nnU-Net's DC+CE;\nlower is better, −1 is perfect)"
 
 #: the keys of nnU-Net's log every curve needs
 _REQUIRED = ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region")
@@ -94,8 +100,11 @@ def draw_learning_curves(curves: dict[str, dict], title: str = ""):
     ax_dice.set(xlabel="training iterations", ylabel="validation pseudo-Dice (foreground mean)",
                 title="pseudo-Dice: nnU-Net's EMA (solid), per epoch (faint)")
     ax_dice.set_ylim(0, 1)
-    ax_loss.set(xlabel="training iterations", ylabel="loss (nnU-Net's DC + CE)",
+    ax_loss.set(xlabel="training iterations", ylabel=LOSS_AXIS_LABEL,
                 title="training (solid) and validation (dashed) loss")
+    ax_loss.axhline(-1.0, color="grey", linewidth=0.8, linestyle=":")
+    ax_loss.annotate("−1: perfect (CE 0, soft Dice 1)", (0.01, -1.0), xycoords=("axes fraction", "data"),
+                     textcoords="offset points", xytext=(0, 3), fontsize=7, color="grey")
     for ax in (ax_dice, ax_loss):
         ax.grid(alpha=0.3)
     ax_dice.legend(fontsize=8, loc="lower right")

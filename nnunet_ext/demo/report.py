@@ -16,7 +16,8 @@ from nnunet_ext.io import format_number
 def report_test_cases(raw_dir: Path, pred_dir: Path, out_dir: Path, overlays: bool = True) -> dict:
     """Dice / HD95 / NSD per class per case and means of the predictions in ``pred_dir`` against
     ``raw_dir/labelsTs``: printed, written as ``out_dir/test_metrics.json`` and ``.csv``, and a PNG
-    overlay per test case in ``out_dir/overlays``. Returns the evaluation result."""
+    overlay per test case in ``out_dir/overlays`` (its legend: each label's colour, name and Dice in
+    that case). Returns the evaluation result."""
     from nnunet_ext.evaluation.folder import evaluate_folders
     from nnunet_ext.evaluation.overlay import save_overlay
     from nnunet_ext.evaluation.report import format_summary, write_outputs
@@ -33,10 +34,13 @@ def report_test_cases(raw_dir: Path, pred_dir: Path, out_dir: Path, overlays: bo
           + f"   (mean over classes {res['overall']['dice']:.3f})\n")
     print("    " + format_summary(res).replace("\n", "\n    "))
     if overlays:
+        plain = [k for k in keys if k.isdigit()]          # labels (regions have no single colour)
         for case in res["cases"]:
             png = save_overlay(raw_dir / "imagesTs" / f"{case['case']}_0000.nii.gz", case["reference_file"],
                                case["prediction_file"], out_dir / "overlays" / f"{case['case']}.png",
-                               title=f"{case['case']}: image | reference | prediction")
+                               title=f"{case['case']}: image | reference | prediction",
+                               label_names={int(k): res["labels"][k] for k in plain},
+                               dice={int(k): case["metrics"][k]["dice"] for k in plain})
         print(f"    overlays: {png.parent}")
     print(f"    metrics: {out_dir / 'test_metrics.json'} and .csv")
     return res

@@ -104,6 +104,17 @@ def default_num_processes() -> int:
     return max(1, min(int(nnunet_default), os.cpu_count() or 1))
 
 
+def _check_classes_occur(classes: Sequence[LabelOrRegion], found: set[int], gt_dir, pred_dir) -> None:
+    """Classes the caller named of which no reference and no prediction holds a voxel would score
+    NaN everywhere: one error naming them and the labels that do occur."""
+    absent = [lr for lr in classes if not _labels.members([lr]) & found]
+    if absent:
+        shown = " ".join(str(lr).replace(" ", "") for lr in absent)
+        there = " ".join(map(str, sorted(found - {0}))) or "none"
+        raise EvaluationError(f"label(s) {shown} occur in no reference in '{gt_dir}' and no prediction in "
+                              f"'{pred_dir}', so every score would be NaN; the labels there: {there}")
+
+
 # ---------------------------------------------------------------------------------- the folder
 def evaluate_folders(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike,
                      labels: Sequence[LabelOrRegion] | None = None, tolerance_mm: float = 1.0,
@@ -141,7 +152,8 @@ def evaluate_folders(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike,
         known = frozenset({0} | _labels.members(ds_labels) | ({ignore_label} if ignore_label is not None else set()))
         if labels is None:
             labels = ds_labels
-    explicit = labels is not None and dataset_json is None
+    given = labels is not None
+    explicit = given and dataset_json is None
     if labels is not None:
         labels = _labels.check_classes(labels, ignore_label)
     with _Runner(min(nproc, len(pairs)), progress) as runner:
@@ -161,6 +173,8 @@ def evaluate_folders(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     ref_values = {v for c in cases for v in c.pop("_ref_values")}
     pred_values = {c["case"]: set(c.pop("_pred_values")) for c in cases}
     unscored = _labels.unscored(labels, ref_values, pred_values) if explicit else {}
+    if given:
+        _check_classes_occur(labels, ref_values | {v for vs in pred_values.values() for v in vs}, gt_dir, pred_dir)
 
     from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
     keys = [label_or_region_to_key(lr) for lr in labels]

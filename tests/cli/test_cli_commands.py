@@ -35,3 +35,16 @@ def test_summary_unknown_arch_names_the_known(capsys):
 def test_summary_bad_patch_is_one_clear_message():
     with pytest.raises(SystemExit, match="not divisible"):
         main(["summary", "--arch", "small_unet", "--patch", "33", "32", "32"])
+
+
+def test_version_names_nnunet_ext_nnunet_and_torch(capsys):
+    from importlib.metadata import version
+
+    import nnunet_ext
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == (f"nnunet-ext {nnunet_ext.__version__} (nnunetv2 {version('nnunetv2')}, "
+                                               f"torch {version('torch')})")
+    assert nnunet_ext.__version__ == version("nnunet-ext")     # the package and its metadata agree

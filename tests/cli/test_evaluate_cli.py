@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +166,33 @@ def test_benchmark_cli_prints_table_and_json(monkeypatch, capsys):
 def test_benchmark_cli_unknown_architecture():
     with pytest.raises(SystemExit, match="unknown architecture.*no_such_net"):
         main(["benchmark", "--archs", "no_such_net"])
+
+
+def test_a_label_in_no_file_is_one_error_line(folders, capsys):
+    root, gt, pred = folders
+    out = root / "labels5.json"
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--labels", "1", "5", "--num-processes", "1",
+              "--quiet", "--out", str(out)])
+    msg = str(e.value)
+    assert msg.startswith("nnunet-ext evaluate: label(s) 5 occur in no reference") and "\n" not in msg
+    assert msg.endswith("the labels there: 1 2") and not out.exists()
+
+
+def test_an_unwritable_out_fails_before_scoring_naming_the_path(folders, tmp_path, capsys):
+    import os
+    root, gt, pred = folders
+    if os.geteuid() == 0:                     # root writes into a mode-555 folder; /proc takes no new files
+        out = Path("/proc/evaluation.json")
+        if not Path("/proc").is_dir():
+            pytest.skip("needs /proc to have a folder root cannot write to")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        out = locked / "evaluation.json"
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--num-processes", "1", "--out", str(out)])
+    msg = str(e.value)
+    assert msg.startswith(f"nnunet-ext evaluate: --out '{out}' cannot be written: '{out.parent}' is not writable")
+    assert "\n" not in msg and "choose a writable --out" in msg
+    assert "evaluate" not in capsys.readouterr().err        # no progress bar: nothing was scored

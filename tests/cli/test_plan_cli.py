@@ -92,3 +92,21 @@ def test_plans_load_and_train_with_nnunet(tiny_dataset):
     run(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-p", big["plans"], "-device", "cpu"],
         tiny_dataset.env)
     assert (tiny_dataset.output_folder(trainer, plans=big["plans"]) / "fold_0" / "checkpoint_final.pth").is_file()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--gpu-memory", "8", "8"], ["--gpu-memory gives 8 more than once"]),
+    (["--gpu-memory", "nan"], ["--gpu-memory", "> 0", "got nan"]),
+    (["--trainer", "SmallUNetTrainer", "SmallUNetTrainer"], ["--trainer names a trainer twice"]),
+    (["--headroom", "1.5"], ["--headroom", "got 1.5"]),
+])
+def test_argument_checks_come_before_the_heavy_imports(tmp_path, args, words):
+    """Checked before torch or nnU-Net is imported: one line, in a fraction of a second."""
+    code = ("import sys\nfrom nnunet_ext.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print(e, file=sys.stderr)\n    sys.exit(sorted(m for m in ('torch', 'nnunetv2') if m in sys.modules) "
+            "and 'imported: ' + ' '.join(m for m in ('torch', 'nnunetv2') if m in sys.modules) or 1)")
+    p = run([sys.executable, "-c", code, "plan", "-d", "990", "--trainer", "SmallUNetTrainer", *args],
+            _env(tmp_path), check=False)
+    _one_line_error(p, *words)
+    assert "imported" not in p.stderr
+    assert _files(tmp_path / "preprocessed") == []

@@ -91,3 +91,17 @@ def test_missing_or_foreign_checkpoint_is_named(tmp_path):
     with pytest.raises(ValueError, match="iterations_per_epoch"):
         read_curve(_log(1), 0)
     assert math.isnan(final_pseudo_dice(read_curve(_log(0), 1)))
+
+
+def test_the_loss_axis_says_what_nnunet_loss_is_and_where_perfect_lies():
+    """nnU-Net's loss is CE minus soft Dice: its sign and floor are on the axis, -1 marked."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_learning_curves({"nnUNetTrainer": read_curve(_log(3), 10)})
+    try:
+        _, ax_loss = fig.axes
+        label = ax_loss.get_ylabel()
+        assert "cross-entropy − soft Dice" in label and "−1 is perfect" in label
+        assert any(list(line.get_ydata()) == [-1.0, -1.0] for line in ax_loss.lines)
+    finally:
+        plt.close(fig)
