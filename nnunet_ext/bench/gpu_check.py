@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from nnunet_ext.architectures import PlanSpec, get_architecture
 from nnunet_ext.bench.memory import PeakMemory
 from nnunet_ext.ops import backends, selective_scan
+from nnunet_ext.ops.reference import selective_scan_sequential
 
 #: the papers' networks (registry names), the Mamba ones first
 PAPER_NETWORKS = ("segmamba", "segresmamba", "unetr_pp", "missu")
@@ -241,11 +242,13 @@ def _median_seconds(fn: Callable[[], object], device, repeats: int, warmup: int 
     return statistics.median(times)
 
 
-def _scan_call(name: str, inputs: dict, device, grad_out: torch.Tensor | None):
-    """y (and the input gradients when ``grad_out`` is given) of back-end ``name`` on ``device``."""
+def _scan_call(name: str | Callable, inputs: dict, device, grad_out: torch.Tensor | None):
+    """y (and the input gradients when ``grad_out`` is given) of back-end ``name`` (or of the scan
+    function ``name``) on ``device``."""
+    scan = name if callable(name) else lambda **kw: selective_scan(**kw, backend=name)
     leaves = {k: v.detach().to(device).requires_grad_(grad_out is not None) for k, v in inputs.items()}
     with torch.set_grad_enabled(grad_out is not None):
-        y = selective_scan(**leaves, delta_softplus=True, backend=name)
+        y = scan(**leaves, delta_softplus=True)
         if grad_out is None:
             return y.detach(), None
         y.backward(grad_out.to(device=device, dtype=y.dtype))
@@ -264,12 +267,13 @@ def scan_rows(sizes: Sizes, over_budget: Callable[[], str | None] = lambda: None
     g = torch.Generator().manual_seed(2)
     grad_out = torch.randn(b, e, sizes.check_length, generator=g)
     # the reference: the sequential loop in float64 on the CPU
-    ref_y, ref_grads = _scan_call("reference", {k: v.double() for k, v in check.items()}, "cpu", grad_out.double())
+    ref_y, ref_grads = _scan_call(selective_scan_sequential, {k: v.double() for k, v in check.items()}, "cpu",
+                                  grad_out.double())
     long_inputs = scan_inputs(b, e, n, length, seed=3)
     long_grad = torch.randn(b, e, length, generator=g)
     torch_long = {}  # device -> the torch back-end's long output (the cross-check of the others)
     rows = []
-    names = [nm for nm in backends.BACKENDS if nm not in ("auto", "reference")]
+    names = [nm for nm in backends.BACKENDS if nm != "auto"]
     # torch first: the others' long outputs are compared with its
     for name in sorted(names, key=lambda nm: nm != "torch"):
         device = "cpu" if name == "fused" else sizes.device

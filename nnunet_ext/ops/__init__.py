@@ -8,9 +8,10 @@ Public API (one signature each, whatever the back-end):
 - ``causal_conv1d(x, weight, bias=None, activation=None, backend=None)`` -- ``causal_conv1d_fn``'s.
 
 Back-end selection (``backend=`` or ``$NNUNET_EXT_SCAN_BACKEND``: auto | cuda | triton | fused |
-torch | reference; ``auto`` is cuda -> triton -> torch for CUDA tensors, fused -> torch for CPU
-tensors) lives in :mod:`nnunet_ext.ops.backends`; when ``auto`` falls back to a slower back-end
-it says why, once per process (:class:`SlowBackendWarning`). Under ``torch.compile`` both ops are
+torch; ``auto`` is cuda -> triton -> torch for CUDA tensors, fused -> torch for CPU tensors) lives
+in :mod:`nnunet_ext.ops.backends`; when ``auto`` falls back to a slower back-end it says why, once
+per process (:class:`SlowBackendWarning`). The sequential scan every back-end is tested against is
+:func:`nnunet_ext.ops.reference.selective_scan_sequential`. Under ``torch.compile`` both ops are
 opaque to dynamo (:mod:`nnunet_ext.ops._opaque`). Note: the function names shadow the module
 names ``nnunet_ext.ops.selective_scan`` / ``nnunet_ext.ops.causal_conv1d``; reach the modules
 through ``sys.modules`` or ``importlib.import_module``.

@@ -11,15 +11,17 @@ Back-ends of :func:`nnunet_ext.ops.selective_scan` (and, where one exists, of
   before the first use: how the tests check it).
 - ``fused``: the numba CPU kernel in :mod:`nnunet_ext.ops.scan_fused` -- CPU tensors only.
 - ``torch``: our blocked PyTorch scan -- any device (also the meta device).
-- ``reference``: the plain sequential loop of :mod:`nnunet_ext.ops.reference` -- tests only.
+
+The plain sequential loop every back-end is tested against,
+:func:`nnunet_ext.ops.reference.selective_scan_sequential`, is a function, not a back-end.
 
 ``auto`` (the default) picks, for CUDA tensors, ``cuda`` when mamba-ssm's kernel loads and runs
 on the GPU, else ``triton`` when our Triton kernel passes its probe on the GPU (a tiny forward
 and backward against the reference), else ``torch``; for CPU tensors ``fused`` when it imports,
 else ``torch``; meta tensors always go to ``torch``. The causal conv1d has no Triton or fused
 version (``cuda`` -> ``torch``). Force a back-end with the ``backend=`` argument or the
-environment variable ``NNUNET_EXT_SCAN_BACKEND`` (auto | cuda | triton | fused | torch |
-reference); a forced ``triton``, ``fused`` or ``reference`` gives the conv ``torch``.
+environment variable ``NNUNET_EXT_SCAN_BACKEND`` (auto | cuda | triton | fused | torch); a forced
+``triton`` or ``fused`` gives the conv ``torch``.
 
 Optional packages are probed lazily and at most once per process; a broken install (for example
 mamba-ssm built without its CUDA ops, whose import raises ``No module named
@@ -47,7 +49,7 @@ import torch
 #: environment variable that forces a back-end (same values as the ``backend=`` argument)
 ENV_VAR = "NNUNET_EXT_SCAN_BACKEND"
 #: every name ``backend=`` / the environment variable accepts
-BACKENDS = ("auto", "cuda", "triton", "fused", "torch", "reference")
+BACKENDS = ("auto", "cuda", "triton", "fused", "torch")
 
 #: per op: (pip name, top-level module, build switch of its setup.py, what the kernel is)
 _CUDA_PACKAGES = {
@@ -283,10 +285,8 @@ def _device_index(device):
 
 
 def available_backends(device="cpu", op: str = "scan") -> list[str]:
-    """Back-ends that can run ``op`` ('scan' or 'conv') on ``device``, fastest first.
-
-    'reference' (scan only) is always listed last; for 'conv' there is no fused or reference one.
-    """
+    """Back-ends that can run ``op`` ('scan' or 'conv') on ``device``, fastest first ('torch' is
+    always last; for 'conv' there is no Triton or fused one)."""
     kind = _device_type(device)
     if op not in ("scan", "conv"):
         raise ValueError(f"available_backends: op must be 'scan' or 'conv', got {op!r}")
@@ -298,8 +298,6 @@ def available_backends(device="cpu", op: str = "scan") -> list[str]:
     if kind == "cpu" and op == "scan" and fused_scan() is not None:
         names.append("fused")
     names.append("torch")
-    if op == "scan":
-        names.append("reference")
     return names
 
 
@@ -308,7 +306,7 @@ def requested_backend(backend: str | None = None) -> str:
     name = backend if backend is not None else os.environ.get(ENV_VAR, "").strip() or "auto"
     name = name.lower()
     if name not in BACKENDS:
-        src = "backend=" if backend is not None else f"${ENV_VAR}"
+        src = "backend=" if backend is not None else f"${ENV_VAR}="
         raise ValueError(f"{src}{name!r} is not a scan back-end; choose one of {', '.join(BACKENDS)}")
     return name
 
@@ -336,7 +334,7 @@ def resolve_backend(tensor, backend: str | None = None, op: str = "scan") -> str
         elif kind == "cpu" and op == "scan" and chosen != "fused":
             _warn_fallback(op, kind, chosen, _probe_fused()[1])
         return chosen
-    if op == "conv" and name in ("triton", "fused", "reference"):
+    if op == "conv" and name in ("triton", "fused"):
         return "torch"  # causal conv1d has only the CUDA kernel and our PyTorch version
     if name == "cuda":
         if kind != "cuda":

@@ -28,7 +28,7 @@ def causal_conv1d(x, weight, bias=None, activation=None, backend=None):
         bias: optional (D,).
         activation: None, "silu" or "swish" (the same).
         backend: None/'auto' | 'cuda' | 'torch' (None reads ``$NNUNET_EXT_SCAN_BACKEND``;
-            'fused'/'reference' mean the PyTorch version here).
+            'triton'/'fused' mean the PyTorch version here).
 
     Returns:
         (B, D, L), x's dtype.

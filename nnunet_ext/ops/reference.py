@@ -1,6 +1,8 @@
 """Plain sequential selective scan: the definition every back-end is tested against.
 
-One Python step per token, so it is only for tests and small inputs.
+One Python step per token, so it is only for tests and small inputs (``nnunet-ext gpu-check``
+compares every back-end with it). It is a function, not a back-end: ``backend=`` and
+``$NNUNET_EXT_SCAN_BACKEND`` do not offer it.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def test_dry_run_checks_everything_on_the_cpu(tmp_path, capsys, monkeypatch):
 
     # every scan back-end has a row; the GPU kernels (cuda, triton) say why they are skipped, the others ran
     scan = {r["backend"]: r for r in report["scan"]}
-    assert set(scan) == {b for b in backends.BACKENDS if b not in ("auto", "reference")}
+    assert set(scan) == {b for b in backends.BACKENDS if b != "auto"}
     assert scan["cuda"]["status"] == "skipped" and "CUDA" in scan["cuda"]["reason"]
     assert scan["triton"]["status"] == "skipped" and "needs CUDA tensors" in scan["triton"]["reason"]
     ran = [r for r in scan.values() if r["status"] == "ok"]
@@ -153,7 +153,7 @@ def test_backend_choice_says_why_triton_runs_instead_of_mamba_ssm(monkeypatch):
     finally:
         backends.clear_cache()
     scan = rows[("cuda", "scan")]
-    assert scan["chosen"] == "triton" and scan["available"] == ["triton", "torch", "reference"]
+    assert scan["chosen"] == "triton" and scan["available"] == ["triton", "torch"]
     assert scan["reason"].startswith("our Triton kernel runs; mamba-ssm's kernel (faster) cannot: mamba-ssm is not "
                                      "installed") and 'pip install "nnunet-ext[cuda]"' in scan["reason"]
     conv = rows[("cuda", "conv")]

@@ -1,9 +1,10 @@
 """Every CPU back-end of the selective scan computes the same function: forward, last state and all
 gradients, on fixed inputs.
 
-- float64: 'torch' and 'reference' both compute in float64 and agree to 1e-10 relative.
-- float32: 'fused', 'torch' and 'reference' each match the float64 truth (the reference in float64
-  on the same float32 values) within a tolerance derived from float32 accumulation
+- float64: 'torch' and the sequential reference (:mod:`nnunet_ext.ops.reference`) both compute in
+  float64 and agree to 1e-10 relative.
+- float32: 'fused' and 'torch' each match the float64 truth (the reference in float64 on the same
+  float32 values) within a tolerance derived from float32 accumulation
   (:mod:`tests.ops.precision`).
 - The fused numba kernel has no float64 path (it rounds every input to float32 and computes in
   float32), so it is compared in float32 only.
@@ -11,17 +12,19 @@ gradients, on fixed inputs.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import pytest
 import torch
 
 from nnunet_ext.ops import available_backends, selective_scan
+from nnunet_ext.ops.reference import selective_scan_sequential
 from tests.ops.precision import EPS32, assert_f32_close, assert_f64_close
 
 ss = importlib.import_module("nnunet_ext.ops.selective_scan")
 T = ss.BLOCK
-CPU_BACKENDS = available_backends("cpu")  # 'fused' (when numba works), 'torch', 'reference'
+CPU_BACKENDS = available_backends("cpu")  # 'fused' (when numba works), 'torch'
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 LENGTHS = [1, 7, T + 1, 3 * T + 5, 300]
 
@@ -36,9 +39,11 @@ def fixed_inputs(length, b=2, e=3, n=4, seed=0, delta_scale=1.0):
 
 
 def outputs_and_grads(backend, inputs, dtype, softplus=True):
-    """y, last state and the gradient of every input under a fixed random loss, all as a dict."""
+    """y, last state and the gradient of every input under a fixed random loss, all as a dict;
+    ``backend`` is a back-end name or ``"reference"`` (the sequential scan, called directly)."""
+    scan = selective_scan_sequential if backend == "reference" else functools.partial(selective_scan, backend=backend)
     leaves = {k: v.to(dtype).requires_grad_() for k, v in inputs.items()}
-    y, last = selective_scan(**leaves, delta_softplus=softplus, return_last_state=True, backend=backend)
+    y, last = scan(**leaves, delta_softplus=softplus, return_last_state=True)
     g = torch.Generator().manual_seed(1234)
     loss = ((y * torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)).sum()
             + (last * torch.randn(last.shape, generator=g, dtype=torch.float64).to(last.dtype)).sum())

@@ -17,7 +17,8 @@ import sys
 import pytest
 import torch
 
-from nnunet_ext.ops import ENV_VAR, available_backends, backends, causal_conv1d, selective_scan
+from nnunet_ext.ops import (ENV_VAR, BackendUnavailableError, available_backends, backends, causal_conv1d,
+                            selective_scan)
 
 ss = importlib.import_module("nnunet_ext.ops.selective_scan")
 CPU_BACKENDS = available_backends("cpu")
@@ -142,12 +143,17 @@ def test_compiled_inference_reads_the_backend_when_it_runs(monkeypatch):
     conv_w = torch.randn(3, 4)
     compiled = torch.compile(ssm_like, backend=counting, fullgraph=True)
     with torch.no_grad():
-        expected = ssm_like(*x.values(), conv_w, "reference")[0]
-        for name in ("reference", "torch", "reference"):
+        expected = ssm_like(*x.values(), conv_w, "torch")[0]
+        for name in ("torch", "cuda", "torch"):
             monkeypatch.setenv(ENV_VAR, name)
             ran.clear()
+            if name == "cuda":  # traced under 'torch'; a forced 'cuda' refuses the CPU tensors when it runs
+                with pytest.raises(BackendUnavailableError, match="'cuda' needs CUDA tensors"):
+                    compiled(*x.values(), conv_w, None)
+                assert ran == []
+                continue
             y = compiled(*x.values(), conv_w, None)[0]
-            assert ran == (["torch"] if name == "torch" else []), name
+            assert ran == ["torch"]
             torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
     assert len(traces) == 1
     graph_ops = {str(n.target).removesuffix(".default") for n in traces[0].graph.nodes if n.op == "call_function"}

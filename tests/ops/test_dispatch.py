@@ -261,7 +261,7 @@ def test_fused_is_auto_on_cpu_when_available(monkeypatch):
     fake.fused_available = lambda: True
     fake.selective_scan_fused = lambda *a, **k: calls.append(k) or "fused result"
     monkeypatch.setitem(sys.modules, "nnunet_ext.ops.scan_fused", fake)
-    assert available_backends("cpu") == ["fused", "torch", "reference"]
+    assert available_backends("cpu") == ["fused", "torch"]
     assert selective_scan(**small_inputs()) == "fused result"
     assert len(calls) == 1
 
@@ -274,33 +274,35 @@ def test_without_fused_kernel_auto_is_torch_and_forcing_names_numba(monkeypatch,
         fake = types.ModuleType("nnunet_ext.ops.scan_fused")
         fake.fused_available = lambda: False
         monkeypatch.setitem(sys.modules, "nnunet_ext.ops.scan_fused", fake)
-    assert available_backends("cpu") == ["torch", "reference"]
+    assert available_backends("cpu") == ["torch"]
     with pytest.warns(SlowBackendWarning, match="fused CPU kernel"):
         assert resolve_backend(torch.zeros(1)) == "torch"
     with pytest.raises(BackendUnavailableError, match="numba"):
         selective_scan(**small_inputs(), backend="fused")
 
 
-@pytest.mark.parametrize("name", ["torch", "reference", "TORCH"])
+@pytest.mark.parametrize("name", ["torch", "TORCH"])
 def test_env_var_forces_backend(monkeypatch, name):
     monkeypatch.setenv(ENV_VAR, name)
-    assert resolve_backend(torch.zeros(1)) == name.lower()
+    assert resolve_backend(torch.zeros(1)) == "torch"
     seen = []
     orig = ss.selective_scan_torch
     monkeypatch.setattr(ss, "selective_scan_torch", lambda *a, **k: seen.append("torch") or orig(*a, **k))
     y = selective_scan(**small_inputs())
-    assert seen == (["torch"] if name.lower() == "torch" else [])
+    assert seen == ["torch"]
     torch.testing.assert_close(y, selective_scan_sequential(**small_inputs()), rtol=1e-4, atol=1e-5)
 
 
 def test_argument_beats_env_var(monkeypatch):
-    monkeypatch.setenv(ENV_VAR, "reference")
+    monkeypatch.setenv(ENV_VAR, "cuda")  # would refuse CPU tensors
     assert resolve_backend(torch.zeros(1), "torch") == "torch"
 
 
-def test_bad_env_var_value_names_the_choices(monkeypatch):
-    monkeypatch.setenv(ENV_VAR, "gpu")
-    with pytest.raises(ValueError, match=f"{ENV_VAR}.*auto, cuda, triton, fused, torch, reference"):
+@pytest.mark.parametrize("value", ["gpu", "reference"])  # the sequential reference is a function, not a back-end
+def test_bad_env_var_value_names_the_choices(monkeypatch, value):
+    monkeypatch.setenv(ENV_VAR, value)
+    with pytest.raises(ValueError, match=f"{ENV_VAR}='{value}' is not a scan back-end; choose one of auto, cuda, "
+                                         "triton, fused, torch$"):
         selective_scan(**small_inputs())
 
 
@@ -335,8 +337,8 @@ def gpu_visible(monkeypatch):
 
 def test_auto_on_cuda_without_mamba_ssm_runs_triton_silently(monkeypatch, no_mamba, gpu_visible):
     calls = _fake_triton(monkeypatch)
-    assert available_backends("cuda") == ["triton", "torch", "reference"]
-    assert available_backends("cpu")[-2:] == ["torch", "reference"] and "triton" not in available_backends("cpu")
+    assert available_backends("cuda") == ["triton", "torch"]
+    assert available_backends("cpu")[-1] == "torch" and "triton" not in available_backends("cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("error", SlowBackendWarning)  # a kernel runs: nothing slow to report
         assert resolve_backend(torch.device("cuda")) == "triton"
@@ -349,7 +351,7 @@ def test_auto_on_cuda_prefers_mamba_ssm_over_triton(monkeypatch, gpu_visible):
     _fake_cuda_packages(monkeypatch)
     monkeypatch.setattr(backends, "_run_cuda_probe", lambda op, fn, dev: None)
     _fake_triton(monkeypatch)
-    assert available_backends("cuda") == ["cuda", "triton", "torch", "reference"]
+    assert available_backends("cuda") == ["cuda", "triton", "torch"]
     assert resolve_backend(torch.device("cuda")) == "cuda"
     assert resolve_backend(torch.device("cuda"), "triton") == "triton"
     assert resolve_backend(torch.device("cuda"), "triton", op="conv") == "torch"  # no Triton conv
@@ -373,7 +375,7 @@ def test_triton_failing_its_probe_falls_back_to_torch_with_both_reasons(monkeypa
 def test_without_triton_auto_skips_it_and_forcing_names_the_install(monkeypatch, no_mamba, gpu_visible):
     monkeypatch.delitem(sys.modules, "nnunet_ext.ops.scan_triton", raising=False)
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ModuleNotFoundError
-    assert available_backends("cuda") == ["torch", "reference"]
+    assert available_backends("cuda") == ["torch"]
     with pytest.warns(SlowBackendWarning, match=r"Triton kernel cannot run: triton is not installed.*"
                                                 r"Fix: .*or, for the Triton kernel: install triton"):
         assert resolve_backend(torch.device("cuda")) == "torch"
