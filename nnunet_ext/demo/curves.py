@@ -16,7 +16,6 @@ soft Dice, so it goes below 0 and -1 is perfect; a trainer's folds averaged);
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -124,9 +123,3 @@ def save_learning_curves(curves: dict[str, dict], out_png: Path, title: str = ""
     finally:
         plt.close(fig)
     return Path(out_png)
-
-
-def final_pseudo_dice(curve: dict) -> float:
-    """The last EMA pseudo-Dice of a curve (NaN for an empty one)."""
-    values = curve["ema_pseudo_dice"]
-    return float(values[-1]) if values else math.nan

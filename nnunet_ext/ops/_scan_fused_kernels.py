@@ -238,7 +238,6 @@ def _binary(op):
 vadd = _binary("fadd")
 vsub = _binary("fsub")
 vmul = _binary("fmul")
-vdiv = _binary("fdiv")
 
 
 @intrinsic

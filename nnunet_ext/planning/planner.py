@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -202,8 +201,3 @@ class ExtExperimentPlanner(_planner_base()):
             chosen.append(choice)
         recursive_fix_for_json_export(plans)
         return plans, chosen
-
-
-def preprocessed_folder(dataset_name: str) -> str:
-    from nnunetv2.paths import nnUNet_preprocessed
-    return os.path.join(nnUNet_preprocessed, dataset_name)
