@@ -147,7 +147,6 @@ class ScanMemoryModel(torch.autograd.Function):
         n = A.shape[1]
         f32 = torch.float32
         ctx.profile, ctx.threads = profile, threads
-        ctx.has = tuple(t is not None for t in (D, z, delta_bias))
         if profile == "cuda":
             ckpt = u.new_empty((b, e, -(-length // CUDA_SCAN_CHUNK), 2 * n), dtype=f32)
             out = u.new_empty(u.shape)
