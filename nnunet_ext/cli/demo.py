@@ -22,11 +22,16 @@ def register(sub) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available, else cpu")
     p.add_argument("--spacing", type=float, default=DEMO_SPACING_MM,
                    help=f"demo voxel size in mm, {low:g} to {high:g} (default {DEMO_SPACING_MM:g}); another spacing "
-                        f"rebuilds the dataset and removes the plans, preprocessed data and models made from the "
-                        f"old one")
+                        f"rebuilds the dataset and removes the plans, preprocessed data and models the demo made "
+                        f"from the old one (trained models only with --yes or a 'y' on a terminal)")
     p.add_argument("--dataset-id", type=int, default=DEMO_DATASET_ID,
                    help=f"nnU-Net dataset id of the demo dataset, 1 to 999 (default {DEMO_DATASET_ID}); one id "
                         f"holds one dataset, so give another id to keep a second spacing")
+    p.add_argument("--yes", action="store_true",
+                   help="remove trained demo models made from other data without asking (needed where no "
+                        "terminal can ask). The demo only ever removes what it wrote itself, as its manifest "
+                        "$nnUNet_results/nnunet_ext_demo_manifest.json lists; a second demo on the same folders "
+                        "refuses at once, naming the running one (lock $nnUNet_results/nnunet_ext_demo.lock)")
     p.set_defaults(func=run)
 
 
@@ -53,7 +58,8 @@ def run(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise _checks.fail("demo", "--device cuda but torch sees no CUDA device; use --device cpu")
     try:
-        run_demo(args.trainer, args.epochs, args.iters, args.folds, device, args.spacing, args.dataset_id)
+        run_demo(args.trainer, args.epochs, args.iters, args.folds, device, args.spacing, args.dataset_id,
+                 assume_yes=args.yes)
     except DemoError as e:
         raise _checks.fail("demo", str(e)) from None
     return 0

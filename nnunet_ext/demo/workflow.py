@@ -19,16 +19,22 @@ What is reused, and when:
 - the dataset, when its ``dataset.json`` records the requested settings (the spacing). Built with
   other settings, it is rebuilt in place: nnU-Net finds a dataset by its id, so one id holds one
   dataset (another id keeps another spacing beside it). Plans, preprocessed data and trained
-  models made from other data are removed, with a line saying so: nnU-Net copies ``dataset.json``
-  into each of them, and one whose copy records other settings does not fit the data;
-- a trained fold, when its ``checkpoint_final.pth`` exists (the trainer name carries the budget);
+  models made from other data are removed first, with a line saying so: nnU-Net copies
+  ``dataset.json`` into each of them, and one whose copy records other settings does not fit the
+  data. Only what the demo wrote goes (its manifest, :mod:`.manifest`, lists it; a folder of the
+  dataset's id that the demo did not write stops it with one line), and trained models only with
+  ``--yes`` or a "y" typed on a terminal;
+- a trained fold, when its ``checkpoint_final.pth`` exists (the trainer name carries the budget); when
+  its validation (``validation/summary.json``) is missing, a run stopped after training: then only
+  ``nnUNetv2_train ... --val`` runs;
 - test predictions, per trainer and set of folds (``nnunet_ext_demo/<trainer>/folds_<f>``), when the
   stamp written beside them after ``nnUNetv2_predict`` names the same trainer, folds, checkpoints
   (size and modification time) and dataset settings. The metrics and overlays of a run are written
   beside its predictions.
 
-Every step prints what it runs or reuses; a step that cannot go on raises :class:`DemoError`, whose
-message names the cause and the fix.
+One demo at a time runs on the same folders (a lock beside the manifest; a second refuses at once,
+naming the first's process). Every step prints what it runs or reuses; a step that cannot go on
+raises :class:`DemoError`, whose message names the cause and the fix.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from pathlib import Path
 
 from nnunet_ext.demo import dataset as demo_data
 from nnunet_ext.demo.curves import mean_curve, read_curve, read_log, save_learning_curves
+from nnunet_ext.demo.manifest import MANIFEST_NAME, ROOTS, DemoError, Manifest, demo_lock
 from nnunet_ext.demo.report import comparison_table, report_test_cases
 from nnunet_ext.io import write_json, write_text
 
@@ -60,10 +67,6 @@ PREDICTION_STAMP = "nnunet_ext_demo_predictions.json"
 #: ``Train step`` lines, errors)
 _SHOW = re.compile(r"(Epoch \d+|Train step|train_loss|val_loss|Pseudo dice|Epoch time|Mean Validation Dice|"
                    r"Traceback|Error|error:)")
-
-
-class DemoError(Exception):
-    """A demo step cannot go on; the message names the cause and the fix."""
 
 
 class Workflow:
@@ -91,6 +94,17 @@ class Workflow:
         self.env.setdefault("nnUNet_def_n_proc", str(max(1, min(ncpu, 4))))
         self.dataset_id, self.dataset_name, self.device = dataset_id, dataset_name, device
         self.out = self.results_root / "nnunet_ext_demo"
+        #: what the demo wrote (:mod:`.manifest`); read under the lock by :func:`run_demo`
+        self.manifest: Manifest | None = None
+
+    @property
+    def state_folder(self) -> Path:
+        """Where the manifest and the lock live: ``$nnUNet_results``."""
+        return Path(self.env["nnUNet_results"])
+
+    def folder(self, root: str) -> Path:
+        """The dataset's folder in ``root`` ('preprocessed' or 'results')."""
+        return self.preprocessed if root == "preprocessed" else self.results_root
 
     @property
     def raw(self) -> Path:
@@ -109,6 +123,18 @@ class Workflow:
         return self.results_root / f"{trainer}__nnUNetPlans__3d_fullres"
 
     def run(self, title: str, cmd: list[str], **env) -> float:
+        """:meth:`execute` a stock command; what it creates in the dataset's preprocessed and results
+        folders is recorded in the manifest as the demo's (also when it fails midway)."""
+        if self.manifest is None:
+            return self.execute(title, cmd, **env)
+        before = {root: _entries(self.folder(root)) for root in ROOTS}
+        try:
+            return self.execute(title, cmd, **env)
+        finally:
+            for root in ROOTS:
+                self.manifest.add_entries(self.dataset_name, root, _entries(self.folder(root)) - before[root])
+
+    def execute(self, title: str, cmd: list[str], **env) -> float:
         """Run a stock command, echo its progress lines, raise with its tail on failure; returns seconds."""
         print(f"\n==> {title}\n    $ {' '.join(cmd)}", flush=True)
         exe = shutil.which(cmd[0], path=str(Path(sys.executable).parent)) or cmd[0]
@@ -163,21 +189,32 @@ def check_trainer(name: str) -> None:
 
 
 def run_demo(trainers: list[str], epochs: int, iters: int, folds: list[int], device: str,
-             spacing_mm: float = demo_data.DEMO_SPACING_MM, dataset_id: int = demo_data.DEMO_DATASET_ID) -> list[dict]:
+             spacing_mm: float = demo_data.DEMO_SPACING_MM, dataset_id: int = demo_data.DEMO_DATASET_ID,
+             assume_yes: bool = False) -> list[dict]:
     """Steps 1-6 for each of ``trainers`` (base names) on the same data; returns the comparison rows.
 
-    Paths follow nnU-Net's variables, else ``./nnunet_ext_demo/{raw,preprocessed,results}``.
+    Paths follow nnU-Net's variables, else ``./nnunet_ext_demo/{raw,preprocessed,results}``. The
+    whole run holds the demo's lock (:func:`.manifest.demo_lock`); ``assume_yes``: remove trained
+    models made from other data without asking.
     """
     for t in trainers:
         check_trainer(t)
     wf = Workflow(dataset_id, demo_data.demo_dataset_path("", dataset_id).name, device)
+    with demo_lock(wf.state_folder):
+        wf.manifest = Manifest(wf.state_folder / MANIFEST_NAME)
+        return _run_locked(wf, trainers, epochs, iters, folds, spacing_mm, assume_yes)
+
+
+def _run_locked(wf: Workflow, trainers: list[str], epochs: int, iters: int, folds: list[int], spacing_mm: float,
+                assume_yes: bool) -> list[dict]:
+    dataset_id, device = wf.dataset_id, wf.device
     t_start = time.time()
     print(f"nnunet-ext demo: {', '.join(trainers)} ({epochs} epochs x {iters} iterations, folds "
           f"{' '.join(map(str, folds))}) on {device}\n  nnUNet_raw={wf.env['nnUNet_raw']}\n"
           f"  nnUNet_preprocessed={wf.env['nnUNet_preprocessed']}\n  nnUNet_results={wf.env['nnUNet_results']}")
 
     # 1. data (rebuilt when its settings differ; what was made from other data is removed)
-    raw_dir = prepare_dataset(wf, spacing_mm)
+    raw_dir = prepare_dataset(wf, spacing_mm, assume_yes)
 
     # 2. plan + preprocess (--clean: a fingerprint left by an interrupted run may be of other data)
     if not _preprocessed_complete(wf, raw_dir):
@@ -203,9 +240,11 @@ def run_demo(trainers: list[str], epochs: int, iters: int, folds: list[int], dev
 
 
 # ---------------------------------------------------------------------------------- steps 1-2: data
-def prepare_dataset(wf: Workflow, spacing_mm: float) -> Path:
+def prepare_dataset(wf: Workflow, spacing_mm: float, assume_yes: bool = False) -> Path:
     """The raw demo dataset at ``spacing_mm``: reused when its dataset.json records these settings,
-    else built (in place of one with other settings); then :func:`_remove_stale`."""
+    else built (in place of one with other settings). First the dataset's folders must be the demo's
+    (:func:`_check_ownership`); what the demo made from other data is removed (:func:`_remove_stale`,
+    asking first for trained models) before the raw data is rebuilt."""
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         root = Path(wf.env[var])
         clash = sorted(p.name for p in root.glob(f"Dataset{wf.dataset_id:03d}_*")
@@ -219,6 +258,10 @@ def prepare_dataset(wf: Workflow, spacing_mm: float) -> Path:
     if target.exists() and record is None:
         raise DemoError(f"'{target}' exists but is not a demo dataset (its dataset.json has no nnunet-ext demo "
                         f"record); move it away or pass another --dataset-id")
+    if wf.manifest is None:
+        wf.manifest = Manifest(wf.state_folder / MANIFEST_NAME)
+    _check_ownership(wf)
+    _remove_stale(wf, wanted, assume_yes)
     rebuild = False
     if record is None:
         print("\n==> building the demo dataset from the MNI152 templates in nilearn")
@@ -232,7 +275,7 @@ def prepare_dataset(wf: Workflow, spacing_mm: float) -> Path:
     else:
         print(f"\n==> reusing the demo dataset in {target}")
     raw_dir = demo_data.build_demo_dataset(wf.raw, dataset_id=wf.dataset_id, spacing_mm=spacing_mm, overwrite=rebuild)
-    _remove_stale(wf, wanted)
+    wf.manifest.set_settings(wf.dataset_name, spacing_mm)
     return raw_dir
 
 
@@ -246,24 +289,95 @@ def _describe(record: dict | None, wanted: dict) -> str:
                                                 if record.get(k) != wanted[k]) + ")"
 
 
-def _remove_stale(wf: Workflow, wanted: dict) -> None:
-    """Remove the dataset's plans and preprocessed data and its results folder (trained models, the
-    demo's outputs) when any of them was made from a demo dataset with other settings: nnU-Net copies
-    dataset.json into the preprocessed folder and every model folder, so their records tell."""
-    made = [f for f in (wf.preprocessed, *sorted(wf.results_root.glob("*__*__*")))
-            if (f / "dataset.json").is_file()]
+def _entries(folder: Path) -> set[str]:
+    """The names in ``folder`` (none when it does not exist)."""
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def _model_folders(folder: Path) -> list[Path]:
+    """nnU-Net's model folders (``Trainer__Plans__configuration``) in a dataset's results folder."""
+    return sorted(p for p in folder.glob("*__*__*") if p.is_dir())
+
+
+def _made_by_earlier_demo(root: str, folder: Path) -> bool:
+    """A folder an nnunet-ext demo without a manifest wrote: nnU-Net's copies of dataset.json in it
+    (the preprocessed folder's; every model folder's, at least one) carry the demo's record."""
+    if root == "preprocessed":
+        return demo_data.demo_record(folder) is not None
+    models = _model_folders(folder)
+    return bool(models) and all(demo_data.demo_record(m) is not None for m in models)
+
+
+def _check_ownership(wf: Workflow) -> None:
+    """The dataset's preprocessed and results folders must be the demo's: listed in its manifest,
+    not there yet (then the demo creates them), empty, or written by an earlier demo (adopted).
+    Any other stops the demo with one line, before anything is written."""
+    name, manifest = wf.dataset_name, wf.manifest
+    for root in ROOTS:
+        folder = wf.folder(root)
+        if manifest.folder(name, root, folder) is not None:
+            continue
+        entries = _entries(folder)
+        if not folder.exists() or not entries:
+            manifest.claim(name, root, folder, created=not folder.exists())
+        elif _made_by_earlier_demo(root, folder):
+            manifest.claim(name, root, folder, created=True, entries=entries)
+        else:
+            raise DemoError(f"'{folder}' holds data the demo did not write (it is not in the demo's manifest "
+                            f"'{manifest.path}'), so the demo leaves it alone; pass another --dataset-id")
+
+
+def _remove_stale(wf: Workflow, wanted: dict, assume_yes: bool = False) -> None:
+    """Remove, from the dataset's preprocessed and results folders, the entries the demo wrote
+    (plans, preprocessed data, trained models, its outputs) when any of them was made from a demo
+    dataset with other settings: nnU-Net copies dataset.json into the preprocessed folder and every
+    model folder, so their records tell. Trained models go only with ``assume_yes`` or a "y" on a
+    terminal; files a user put there stay."""
+    name, manifest = wf.dataset_name, wf.manifest
+    owned = {root: manifest.folder(name, root, wf.folder(root))["entries"] for root in ROOTS}
+    made = ([wf.preprocessed] if "dataset.json" in owned["preprocessed"] else []) + [
+        m for m in _model_folders(wf.results_root) if m.name in owned["results"]]
+    made = [f for f in made if (f / "dataset.json").is_file()]
     stale = next((f for f in made if not demo_data.same_settings(demo_data.demo_record(f), wanted)), None)
     if stale is None:
         return
-    doomed = [f for f in (wf.results_root, wf.preprocessed) if f.exists()]
-    print(f"\n==> removing {' and '.join(map(str, doomed))}: made from the demo dataset "
-          f"{_describe(demo_data.demo_record(stale), wanted)}, they do not fit the {wanted['spacing_mm']:g} mm data "
-          f"(give each spacing its own --dataset-id to keep both)")
-    for f in doomed:
-        try:
-            shutil.rmtree(f)
-        except OSError as e:
-            raise DemoError(f"cannot remove '{f}' ({e.strerror or e}); remove it by hand") from None
+    why = (f"made from the demo dataset {_describe(demo_data.demo_record(stale), wanted)}, they do not fit the "
+           f"{wanted['spacing_mm']:g} mm data")
+    doomed = [wf.folder(root) / e for root in ROOTS for e in owned[root] if (wf.folder(root) / e).exists()]
+    models = [m for m in doomed if m.is_dir() and any(m.glob("fold_*/checkpoint*.pth"))]
+    if models:
+        _confirm_removal(models, why, assume_yes)
+    shown = " and ".join(str(wf.folder(r)) for r in ROOTS if owned[r] and wf.folder(r).exists())
+    print(f"\n==> removing what the demo wrote in {shown}: {why} (give each spacing its own --dataset-id to "
+          f"keep both)")
+    for root in ROOTS:
+        folder = wf.folder(root)
+        for entry in owned[root]:
+            path = folder / entry
+            try:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+            except OSError as e:
+                raise DemoError(f"cannot remove '{path}' ({e.strerror or e}); remove it by hand") from None
+        manifest.remove_entries(name, root, owned[root])
+        kept = sorted(_entries(folder))
+        if kept:
+            print(f"    kept in {folder} (not written by the demo): {', '.join(kept)}")
+        elif folder.exists() and manifest.folder(name, root, folder)["created"]:
+            folder.rmdir()
+
+
+def _confirm_removal(models: list[Path], why: str, assume_yes: bool) -> None:
+    """Go on only with ``assume_yes`` or a "y" typed on a terminal; else one line naming the fix."""
+    shown = ", ".join(str(m) for m in models)
+    if assume_yes:
+        return
+    if sys.stdin is not None and sys.stdin.isatty():
+        answer = input(f"\nThe demo would remove its trained model(s) {shown} ({why}). Remove them? [y/N] ")
+        if answer.strip().lower() in ("y", "yes"):
+            return
+        raise DemoError("nothing removed; pass another --dataset-id to keep these models and train beside them")
+    raise DemoError(f"the demo would remove its trained model(s) {shown} ({why}); pass --yes to remove them, or "
+                    f"another --dataset-id to keep them")
 
 
 def _preprocessed_complete(wf: Workflow, raw_dir: Path) -> bool:
@@ -292,16 +406,24 @@ def run_trainer(wf: Workflow, base: str, epochs: int, iters: int, folds: list[in
     folds_dir = wf.results(trainer)
     print(f"\n######## {trainer}")
 
+    if wf.manifest is not None:  # the demo's own outputs
+        wf.manifest.add_entries(wf.dataset_name, "results", [wf.out.name])
+
     # 3. train
     wall_file = out_dir / "training_wall_seconds.json"
     wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
     for fold in folds:
-        if (folds_dir / f"fold_{fold}" / "checkpoint_final.pth").is_file():
-            print(f"\n==> fold {fold}: reusing the trained model in {folds_dir / f'fold_{fold}'}")
-            continue
-        wall[str(fold)] = wf.run(f"training fold {fold}", ["nnUNetv2_train", str(wf.dataset_id), "3d_fullres",
-                                                           str(fold), "-tr", trainer, "-device", wf.device])
-        write_json(wall, wall_file)
+        train = ["nnUNetv2_train", str(wf.dataset_id), "3d_fullres", str(fold), "-tr", trainer, "-device", wf.device]
+        fold_dir = folds_dir / f"fold_{fold}"
+        if not (fold_dir / "checkpoint_final.pth").is_file():
+            wall[str(fold)] = wf.run(f"training fold {fold}", train)
+            write_json(wall, wall_file)
+        elif not (fold_dir / "validation" / "summary.json").is_file():
+            # stopped after training, before nnU-Net's validation finished: run only the validation
+            print(f"\n==> fold {fold}: reusing the trained model in {fold_dir}; its validation did not finish")
+            wf.run(f"validating fold {fold}", [*train, "--val"])
+        else:
+            print(f"\n==> fold {fold}: reusing the trained model in {fold_dir}")
     val_dice = {f: _validation_dice(folds_dir / f"fold_{f}") for f in folds}
     curve = mean_curve([read_curve(read_log(folds_dir / f"fold_{f}"), iters) for f in folds])
     print("\n==> cross-validation Dice (nnU-Net's validation of each fold): "

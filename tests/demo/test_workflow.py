@@ -30,7 +30,7 @@ def wf(tmp_path, monkeypatch):
 
 def _made_from(wf, raw_dir: Path) -> list[Path]:
     """Stand-ins for what plan_and_preprocess and nnUNetv2_train leave: each with nnU-Net's copy of
-    dataset.json. Returns them."""
+    dataset.json; recorded in the manifest as the demo's steps record them. Returns them."""
     model = wf.results("SmallUNetTrainer_1epoch_2iters")
     for folder in (wf.preprocessed, model):
         folder.mkdir(parents=True, exist_ok=True)
@@ -39,6 +39,8 @@ def _made_from(wf, raw_dir: Path) -> list[Path]:
     (model / "fold_0").mkdir(exist_ok=True)
     (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"model")
     (wf.out / "SmallUNetTrainer_1epoch_2iters" / "folds_0").mkdir(parents=True, exist_ok=True)
+    wf.manifest.add_entries(NAME, "preprocessed", ["dataset.json", "nnUNetPlans.json"])
+    wf.manifest.add_entries(NAME, "results", [model.name, wf.out.name])
     return [wf.preprocessed, model, wf.out]
 
 
@@ -52,25 +54,26 @@ def test_other_spacing_rebuilds_the_dataset_and_removes_what_was_made_from_it(wf
     assert "==> reusing the demo dataset" in out and "removing" not in out
     assert all(p.exists() for p in made)
 
-    assert workflow.prepare_dataset(wf, 10.0) == raw_dir          # other spacing: rebuilt, no FileExistsError
+    assert workflow.prepare_dataset(wf, 10.0, assume_yes=True) == raw_dir   # other spacing: rebuilt
     out = capsys.readouterr().out
     assert f"==> the demo dataset in {raw_dir} was built at 8 mm; rebuilding it at 10 mm" in out
-    assert (f"==> removing {wf.results_root} and {wf.preprocessed}: made from the demo dataset at 8 mm, they do "
-            f"not fit the 10 mm data") in out
+    assert (f"==> removing what the demo wrote in {wf.preprocessed} and {wf.results_root}: made from the demo "
+            f"dataset at 8 mm, they do not fit the 10 mm data") in out
     assert demo_data.demo_record(raw_dir)["spacing_mm"] == 10.0
     img = sitk.ReadImage(str(raw_dir / "imagesTr" / "case_000_0000.nii.gz"))
     assert np.allclose(img.GetSpacing(), (10.0, 10.0, 10.0))
     assert not wf.preprocessed.exists() and not wf.results_root.exists()
     assert sorted(p.name for p in wf.raw.iterdir()) == [NAME]      # the old dataset is not left aside
 
-    # a run stopped after the rebuild, before the removal: the next one still removes the old plans
+    # plans the demo made from other data, next to a 10 mm raw dataset: removed too (no model: no question)
     (wf.preprocessed).mkdir(parents=True)
     record = json.loads((raw_dir / "dataset.json").read_text())
     record["nnunet_ext_demo"]["spacing_mm"] = 8.0
     (wf.preprocessed / "dataset.json").write_text(json.dumps(record))
+    wf.manifest.add_entries(NAME, "preprocessed", ["dataset.json"])
     workflow.prepare_dataset(wf, 10.0)
     out = capsys.readouterr().out
-    assert "==> reusing the demo dataset" in out and f"==> removing {wf.preprocessed}: made from" in out
+    assert "==> reusing the demo dataset" in out and f"==> removing what the demo wrote in {wf.preprocessed}:" in out
     assert not wf.preprocessed.exists()
 
 
@@ -102,7 +105,12 @@ class FakeStock:
 
     def __call__(self, title, cmd, **env):
         self.commands.append(cmd)
-        if cmd[0] == "nnUNetv2_train":
+        if cmd[0] == "nnUNetv2_train" and "--val" in cmd:       # nnU-Net's validation of a trained fold
+            fold = self.wf.results(cmd[5]) / f"fold_{cmd[3]}"
+            assert (fold / "checkpoint_final.pth").is_file()
+            (fold / "validation").mkdir(exist_ok=True)
+            (fold / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {"Dice": 0.5}}))
+        elif cmd[0] == "nnUNetv2_train":
             fold = self.wf.results(cmd[5]) / f"fold_{cmd[3]}"
             (fold / "validation").mkdir(parents=True, exist_ok=True)
             # nnU-Net's training log of one epoch (the trainer name the tests use trains 1 epoch)
@@ -176,3 +184,102 @@ def test_test_predictions_belong_to_their_folds_and_checkpoints(wf, monkeypatch,
     demo(0)
     assert stock.take() == [("nnUNetv2_predict", ["0"])]
     assert not (wf.out / trainer / "folds_0" / "test_predictions" / "stale.nii.gz").exists()
+
+
+def test_a_fold_stopped_before_its_validation_is_validated_not_retrained(wf, monkeypatch, capsys):
+    """checkpoint_final.pth written, validation/summary.json not (a run stopped in nnU-Net's
+    validation): the re-run runs only ``nnUNetv2_train ... --val`` and goes on."""
+    raw_dir = demo_data.build_demo_dataset(wf.raw, num_train=1, num_test=2, spacing_mm=10.0, progress=False)
+    stock = FakeStock(wf, raw_dir)
+    monkeypatch.setattr(wf, "run", stock)
+    workflow.run_trainer(wf, "SmallUNetTrainer", 1, 2, [0], raw_dir)
+    fold = wf.results("SmallUNetTrainer_1epoch_2iters") / "fold_0"
+    ckpt = (fold / "checkpoint_final.pth").read_bytes()
+    shutil.rmtree(fold / "validation")
+    stock.commands = []
+    capsys.readouterr()
+
+    row = workflow.run_trainer(wf, "SmallUNetTrainer", 1, 2, [0], raw_dir)
+    assert stock.commands[0] == ["nnUNetv2_train", str(wf.dataset_id), "3d_fullres", "0", "-tr",
+                                 "SmallUNetTrainer_1epoch_2iters", "-device", "cpu", "--val"]
+    assert [c[0] for c in stock.commands[1:]] == []            # predictions reused: same checkpoint
+    assert "its validation did not finish" in capsys.readouterr().out
+    assert row["validation_dice"] == {"0": 0.5} and (fold / "checkpoint_final.pth").read_bytes() == ckpt
+
+
+@pytest.mark.parametrize("root", ["preprocessed", "results"])
+def test_a_dataset_folder_the_demo_did_not_write_is_refused_and_kept(wf, root):
+    """A user's own Dataset987_NNExtDemo in nnUNet_preprocessed or nnUNet_results only: one line, nothing
+    removed, nothing written."""
+    folder = wf.folder(root)
+    theirs = folder / ("nnUNetPlans.json" if root == "preprocessed" else "MyTrainer__nnUNetPlans__3d_fullres")
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    theirs.mkdir() if root == "results" else theirs.write_text("{}")
+    if root == "results":
+        (theirs / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    with pytest.raises(DemoError, match=rf"^'{folder}' holds data the demo did not write \(it is not in the demo's "
+                                        rf"manifest '.*nnunet_ext_demo_manifest.json'\), so the demo leaves it "
+                                        rf"alone; pass another --dataset-id$"):
+        workflow.prepare_dataset(wf, 8.0)
+    assert theirs.exists() and (folder / "dataset.json").is_file()
+    assert not (wf.raw / NAME).exists()
+
+
+def test_other_spacing_removes_only_what_the_demo_wrote_and_asks_before_models(wf, capsys, monkeypatch):
+    raw_dir = workflow.prepare_dataset(wf, 8.0)
+    made = _made_from(wf, raw_dir)
+    mine = [wf.preprocessed / "my_plans.json", wf.results_root / "my_notes"]
+    mine[0].write_text("{}")
+    mine[1].mkdir()
+    capsys.readouterr()
+
+    # no terminal, no --yes: one line, nothing removed, the raw data not rebuilt
+    with pytest.raises(DemoError, match=r"^the demo would remove its trained model\(s\) .*SmallUNetTrainer_1epoch_"
+                                        r"2iters__nnUNetPlans__3d_fullres \(made from the demo dataset at 8 mm, .*\); "
+                                        r"pass --yes to remove them, or another --dataset-id to keep them$"):
+        workflow.prepare_dataset(wf, 10.0)
+    assert all(p.exists() for p in made) and demo_data.demo_record(raw_dir)["spacing_mm"] == 8.0
+
+    # a terminal: "n" keeps everything, "y" removes the demo's entries and keeps the user's
+    class Tty:
+        def isatty(self):
+            return True
+    monkeypatch.setattr("sys.stdin", Tty())
+    answers = iter(["n", "y"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    with pytest.raises(DemoError, match="^nothing removed; pass another --dataset-id"):
+        workflow.prepare_dataset(wf, 10.0)
+    assert all(p.exists() for p in made)
+    workflow.prepare_dataset(wf, 10.0)
+    out = capsys.readouterr().out
+    assert not any(p.exists() for p in made[1:]) and not (wf.preprocessed / "nnUNetPlans.json").exists()
+    assert all(p.exists() for p in mine)
+    assert f"kept in {wf.preprocessed} (not written by the demo): my_plans.json" in out
+    assert f"kept in {wf.results_root} (not written by the demo): my_notes" in out
+    assert demo_data.demo_record(raw_dir)["spacing_mm"] == 10.0
+    manifest = json.loads((wf.state_folder / "nnunet_ext_demo_manifest.json").read_text())["datasets"][NAME]
+    assert manifest["spacing_mm"] == 10.0 and manifest["results"]["entries"] == []
+
+
+def test_folders_of_an_earlier_demo_without_a_manifest_are_adopted(wf, capsys):
+    raw_dir = workflow.prepare_dataset(wf, 8.0)
+    made = _made_from(wf, raw_dir)
+    (wf.state_folder / "nnunet_ext_demo_manifest.json").unlink()
+    wf.manifest = None
+    workflow.prepare_dataset(wf, 8.0)                               # reused, nothing refused
+    manifest = json.loads((wf.state_folder / "nnunet_ext_demo_manifest.json").read_text())["datasets"][NAME]
+    assert set(manifest["results"]["entries"]) == {made[1].name, wf.out.name}
+    assert "removing" not in capsys.readouterr().out
+
+
+def test_a_second_demo_on_the_same_folders_refuses_naming_the_first(wf, tmp_path):
+    from nnunet_ext.demo.manifest import demo_lock
+
+    with demo_lock(wf.state_folder):
+        with pytest.raises(DemoError, match=rf"^another demo is running on these folders \(pid {os.getpid()}, "
+                                            rf"started .*; lock '.*nnunet_ext_demo.lock'\); wait for it to finish"):
+            workflow.run_demo(["nnUNetTrainer"], 1, 2, [0], "cpu", 8.0)
+        assert not (wf.raw / NAME).exists()                      # refused before writing anything
+    with demo_lock(wf.state_folder):                             # released on leaving the block
+        pass
