@@ -82,8 +82,6 @@ class SelectiveSSM(nn.Module):
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
         self.A_log = nn.Parameter(torch.empty(d_inner, d_state))
         self.D = nn.Parameter(torch.empty(d_inner))
-        self.A_log._no_weight_decay = True
-        self.D._no_weight_decay = True
         self.reset_ssm_parameters(dt_min, dt_max, dt_scale, dt_init_floor)
 
     @torch.no_grad()
