@@ -11,7 +11,7 @@ import importlib
 import sys
 
 #: command modules in nnunet_ext.cli, in the order ``--help`` lists them
-COMMANDS = ["trainers", "summary", "plan", "demo", "evaluate", "benchmark", "benchmark_scan", "gpu_check"]
+COMMANDS = ["trainers", "summary", "plan", "demo", "evaluate", "compare", "benchmark", "benchmark_scan", "gpu_check"]
 
 
 def version_line() -> str:
