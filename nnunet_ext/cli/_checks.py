@@ -52,3 +52,14 @@ def patch_and_spacing(command: str, patch: Sequence[int], spacing: Sequence[floa
                             f"{patch[a]} % {d} = {patch[a] % d}); nnU-Net would plan {option} "
                             f"{' '.join(str(int(p)) for p in planned)}")
     return spec
+
+
+def scan_backend(command: str, device: str | None = None) -> None:
+    """``$NNUNET_EXT_SCAN_BACKEND`` names a back-end that can run on ``device`` (one line otherwise;
+    :func:`nnunet_ext.ops.backends.check_backend_setting`)."""
+    from nnunet_ext.ops.backends import BackendUnavailableError, check_backend_setting
+
+    try:
+        check_backend_setting(device)
+    except (ValueError, BackendUnavailableError) as e:
+        raise fail(command, str(e)) from None

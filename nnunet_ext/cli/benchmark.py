@@ -60,6 +60,7 @@ def run(args) -> int:
     if unknown:
         raise SystemExit(f"nnunet-ext benchmark: unknown architecture(s) {', '.join(unknown)}; known: "
                          f"{', '.join(available_architectures())} (nnU-Net's own network is always included)")
+    _checks.scan_backend("benchmark", args.device)
     if args.memory_check:
         from nnunet_ext.bench.memory_check import run_memory_check
         return run_memory_check(args)

@@ -57,6 +57,7 @@ def run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise _checks.fail("demo", "--device cuda but torch sees no CUDA device; use --device cpu")
+    _checks.scan_backend("demo", device)
     try:
         run_demo(args.trainer, args.epochs, args.iters, args.folds, device, args.spacing, args.dataset_id,
                  assume_yes=args.yes)

@@ -27,6 +27,7 @@ def run(args) -> int:
     _checks.at_least("summary", "--classes", args.classes, 1, " (segmentation heads: classes incl. background, "
                                                               "or the number of regions)")
     _checks.patch_and_spacing("summary", args.patch, args.spacing)
+    _checks.scan_backend("summary")
     try:
         s = summarize(args.arch, args.patch, args.in_channels, args.classes, args.spacing)
     except PlanError as e:

@@ -311,6 +311,18 @@ def requested_backend(backend: str | None = None) -> str:
     return name
 
 
+def check_backend_setting(device=None) -> str:
+    """Check ``$NNUNET_EXT_SCAN_BACKEND`` at start-up, before anything is computed or written: its
+    value must name a back-end (``ValueError``), and with ``device`` (a torch device or its name) a
+    forced back-end must be able to run there (:class:`BackendUnavailableError` naming the fix). The
+    trainers and the commands call this first, so a bad value stops them with its one message instead
+    of failing inside the first training step. Returns the requested name ('auto' when unset)."""
+    name = requested_backend()
+    if name != "auto" and device is not None:
+        resolve_backend(torch.device(device), op="scan")
+    return name
+
+
 def resolve_backend(tensor, backend: str | None = None, op: str = "scan") -> str:
     """The back-end that runs ``op`` ('scan' or 'conv') for ``tensor`` (or a device).
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 
 from nnunet_ext.architectures import check_plan, get_architecture
+from nnunet_ext.ops.backends import BackendUnavailableError, check_backend_setting
 
 
 class AbstractExtTrainer(nnUNetTrainer):
@@ -43,7 +44,13 @@ class AbstractExtTrainer(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         if not self.arch:
             raise TypeError(f"{type(self).__name__} is abstract: set the class attribute 'arch'")
-        # fail at once, before nnU-Net creates any output folder, on a plan the network cannot use
+        # fail at once, before nnU-Net creates any output folder: a scan back-end that cannot run here
+        # (one line: SystemExit, as for a bad command-line option) ...
+        try:
+            check_backend_setting(device)
+        except (ValueError, BackendUnavailableError) as e:
+            raise SystemExit(f"{type(self).__name__}: {e}") from None
+        # ... and a plan the network cannot use
         plans_manager = PlansManager(plans)
         check_plan(self.arch, plans_manager.get_configuration(configuration), plans_manager, configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)

@@ -111,3 +111,26 @@ def test_demo_read_only_folder(bare_dir, monkeypatch):
                                          r"or set nnUNet_raw"):
         main(["demo", "--trainer", "nnUNetTrainer"])
     assert list(bare_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["summary", "--arch", "small_unet", "--patch", "32", "32", "32"],
+    ["benchmark", "--archs", "small_unet", "--patch", "32", "32", "32", "--repeats", "1"],
+    ["demo", "--epochs", "1", "--iters", "1", "--device", "cpu"],
+])
+def test_a_bad_scan_backend_is_one_line_before_anything_runs(argv, monkeypatch, tmp_path):
+    """$NNUNET_EXT_SCAN_BACKEND is checked at start-up: one line naming the choices, nothing written."""
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NNUNET_EXT_SCAN_BACKEND", "bogus")
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert str(e.value) == (f"nnunet-ext {argv[0]}: $NNUNET_EXT_SCAN_BACKEND='bogus' is not a scan back-end; "
+                            f"choose one of auto, cuda, triton, fused, torch")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("NNUNET_EXT_SCAN_BACKEND", "cuda")          # a back-end that cannot run on the CPU
+    if argv[0] != "summary":                                       # summary runs on the meta device
+        with pytest.raises(SystemExit, match=rf"^nnunet-ext {argv[0]}: scan back-end 'cuda' needs CUDA tensors"):
+            main(argv)
+        assert list(tmp_path.iterdir()) == []
