@@ -9,6 +9,10 @@ Scoring imports nothing of ours but :mod:`nnunet_ext.io` (and never trainers, th
   the result's schema.
 - :mod:`.report`: the result as JSON and CSV files and as a markdown table.
 - :mod:`.overlay`: PNG mid-slices of image, reference and prediction.
+- :mod:`.crossval`: every trainer's cross-validation predictions (``fold_<f>/validation``) scored
+  against ``gt_segmentations``, cached beside the predictions.
+- :mod:`.statistics`: paired tests, bootstrap intervals, Holm, ranking, Friedman and Nemenyi.
+- :mod:`.compare`, :mod:`.compare_plots`: ``nnunet-ext compare``'s tables, files and pictures.
 
 Nothing is imported here, so ``import nnunet_ext.evaluation`` stays cheap.
 """

@@ -106,8 +106,9 @@ def compare_trainers(dataset: str | int, configuration: str, trainers: Sequence[
     baseline = baseline or trainers[0]
     lay = crossval.layout(dataset, configuration, plans, results_dir, preprocessed_dir)
     out = Path(out) if out is not None else default_out(lay.results, configuration, plans)
-    if out.exists() and not out.is_dir():
-        raise EvaluationError(f"--out '{out}' is a file; give a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise EvaluationError(f"--out '{out}' cannot be a folder: '{existing}' is a file; choose another --out")
     cv = crossval.collect(lay, trainers, folds, tolerance_mm, num_processes, progress)
 
     result = {"schema": SCHEMA, "dataset": lay.dataset, "configuration": configuration, "plans": plans,

@@ -69,9 +69,11 @@ def boxplots_png(result: dict) -> bytes:
                 ok = ~np.isnan(shown[i])
                 ax.scatter(i + jitter[ok], shown[i][ok], s=12, color=colors[i], alpha=0.75, zorder=3,
                            edgecolors="none")
-            if np.isposinf(vals).any():
+            if np.isposinf(vals).any():                              # a tick "inf" above a dotted line
                 ax.axhline(top + 0.06 * span, color="0.7", lw=0.6, ls=":")
-                ax.text(-0.45, inf_y, "inf", va="center", ha="left", fontsize=7, color="0.3")
+                ticks = [y for y in ax.get_yticks() if bottom - 0.05 * span <= y <= top + 0.03 * span]
+                ax.set_yticks([*ticks, inf_y], [f"{y:g}" for y in ticks] + ["inf"])
+                ax.set_ylim(bottom - 0.05 * span, inf_y + 0.06 * span)
             ax.set_xticks(range(len(order)))
             ax.set_xticklabels([t + (" (baseline)" if t == baseline else "") for t in order],
                                rotation=20, ha="right", fontsize=8)

@@ -184,8 +184,10 @@ def _other_spacing(tree):
     (lambda tree: None, ["--baseline", "C"], "baseline C is not among the trainers (A B); add it to -tr or choose "
                                              "one of them"),
     (lambda tree: None, ["-f", "0", "0"], "-f takes distinct fold numbers >= 0, got 0 0"),
+    (lambda tree: (tree.root / "afile").write_text(""), ["--out", "{results}/../afile/cmp"],
+     "--out '{results}/../afile/cmp' cannot be a folder: '{results}/../afile' is a file; choose another --out"),
 ], ids=["no-validation", "unfinished-training", "different-cases", "incomplete-validation", "grid-mismatch",
-        "unknown-plans", "unknown-baseline", "repeated-fold"])
+        "unknown-plans", "unknown-baseline", "repeated-fold", "out-under-a-file"])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, damage, extra, message):
     tree = Tree(tmp_path)
     tree.add_trainer("A", "exact")
@@ -193,7 +195,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, damage,
     damage(tree)
     before = tree.snapshot()
     with pytest.raises(SystemExit) as e:
-        _run(tree, monkeypatch, "-tr", "A", "B", *extra)
+        _run(tree, monkeypatch, "-tr", "A", "B", *[a.format(results=tree.results) for a in extra])
     text = str(e.value)
     assert "\n" not in text and text.startswith("nnunet-ext compare: ")
     assert message.format(results=tree.results) in text
