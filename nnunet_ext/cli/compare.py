@@ -15,17 +15,19 @@ def register(sub) -> None:
         description="Scores every cross-validation case that nnU-Net's validation wrote (fold_<f>/validation) "
                     "for each trainer against gt_segmentations (Dice, HD95, NSD per class; cached beside the "
                     "predictions), then compares each trainer with the baseline per class and metric (paired "
-                    "mean difference with a 95%% bootstrap interval, Wilcoxon signed-rank test, Holm-corrected), "
+                    "mean difference with a 95 % bootstrap interval, Wilcoxon signed-rank test, Holm-corrected), "
                     "ranks all trainers (Friedman test and critical difference with >= 3) and writes "
                     "summary.md/.csv, per_case.csv, boxplots.png, ranking.png and compare.json.")
     p.add_argument("-d", dest="dataset", required=True, metavar="DATASET", help="dataset id or name")
     p.add_argument("-c", dest="configuration", required=True, metavar="CONFIG", help="configuration, e.g. 3d_fullres")
     p.add_argument("-tr", dest="trainers", nargs="+", required=True, metavar="TRAINER",
                    help="two or more trainers (as given to nnUNetv2_train -tr)")
-    p.add_argument("-p", dest="plans", default="nnUNetPlans", metavar="PLANS", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-p", dest="plans", default="nnUNetPlans", metavar="PLANS",
+                   help="plans identifier (default nnUNetPlans)")
     p.add_argument("-f", dest="folds", nargs="+", default=["0", "1", "2", "3", "4"], metavar="FOLD",
                    help="folds to pool (default 0 1 2 3 4)")
-    p.add_argument("--baseline", metavar="TRAINER", help="the trainer the others are compared with (default: the first)")
+    p.add_argument("--baseline", metavar="TRAINER",
+                   help="the trainer the others are compared with (default: the first)")
     p.add_argument("--out", metavar="DIR", help="output folder (default <nnUNet_results>/<Dataset>/compare_<CONFIG>)")
     p.add_argument("--tolerance", type=float, default=1.0, metavar="MM", help="NSD tolerance in mm (default 1)")
     p.add_argument("--num-processes", type=int, metavar="N",
@@ -58,9 +60,11 @@ def run(args) -> int:
     except EvaluationError as e:
         raise _checks.fail("compare", str(e)) from None
     except OSError as e:
-        raise _checks.fail("compare", f"cannot write '{e.filename}' ({e.strerror or e}); choose a writable --out") from None
+        raise _checks.fail("compare", f"cannot write '{e.filename}' ({e.strerror or e}); "
+                                      f"choose a writable --out") from None
     print(format_summary(result))
     n = len(result["cases"]) * len(result["trainers"])
-    print(f"\nscored {result['n_scored']} of {n} trainer × case pairs (the rest from the caches beside the predictions)")
+    print(f"\nscored {result['n_scored']} of {n} trainer × case pairs "
+          f"(the rest from the caches beside the predictions)")
     print(f"wrote {result['out']}: {', '.join(p.rsplit('/', 1)[-1] for p in result['files'])}")
     return 0

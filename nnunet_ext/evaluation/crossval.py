@@ -30,7 +30,6 @@ from nnunet_ext.io import write_json
 
 CACHE_NAME = "nnunet_ext_metrics.json"
 CACHE_SCHEMA = "nnunet-ext/crossval-metrics/1"
-METRICS = ("dice", "hd95", "nsd")
 
 
 @dataclass
@@ -120,7 +119,15 @@ def _read_cache(path: Path, tolerance_mm: float, keys: list[str]) -> dict:
     return cache["cases"]
 
 
-def _validation_cases(lay: Layout, trainer: str, fold: int, file_ending: str, split: list[str] | None) -> dict[str, Path]:
+def _shown(names) -> str:
+    """Up to five names, quoted, and how many more (``none`` if empty)."""
+    names = sorted(names)
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(f"'{n}'" for n in names[:5]) + more if names else "none"
+
+
+def _validation_cases(lay: Layout, trainer: str, fold: int, file_ending: str,
+                      split: list[str] | None) -> dict[str, Path]:
     """``{case: prediction}`` of one fold; one line naming trainer, fold and the fixing command if
     the fold has no (complete) validation."""
     tdir = lay.trainer_dir(trainer)
@@ -140,9 +147,8 @@ def _validation_cases(lay: Layout, trainer: str, fold: int, file_ending: str, sp
     if split is not None:
         missing = [c for c in split if c not in preds]
         if missing:
-            shown = ", ".join(f"'{c}'" for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise EvaluationError(f"trainer {trainer} fold {fold}: validation lacks {len(missing)} of the fold's "
-                                  f"{len(split)} cases ({shown}); run its validation again: "
+                                  f"{len(split)} cases ({_shown(missing)}); run its validation again: "
                                   f"{lay.train_command(trainer, fold, '--val')}")
         preds = {c: p for c, p in preds.items() if c in set(split)}
     return preds
@@ -197,12 +203,9 @@ def collect(lay: Layout, trainers: Sequence[str], folds: Sequence[int], toleranc
     for t in trainers[1:]:
         a, b = set(fold_of[first]), set(fold_of[t])
         if a != b:
-            def show(xs):
-                xs = sorted(xs)
-                return ", ".join(f"'{x}'" for x in xs[:5]) + (f" and {len(xs) - 5} more" if len(xs) > 5 else "") or "none"
             raise EvaluationError(f"trainers {first} and {t} validated different cases in folds "
-                                  f"{' '.join(map(str, folds))} (only {first}: {show(a - b)}; only {t}: {show(b - a)}); "
-                                  f"compare trainers trained on the same splits (splits_final.json)")
+                                  f"{' '.join(map(str, folds))} (only {first}: {_shown(a - b)}; only {t}: "
+                                  f"{_shown(b - a)}); compare trainers trained on the same splits (splits_final.json)")
     cases = sorted(fold_of[first])
     refs = {c: gt_dir / f"{c}{file_ending}" for c in cases}
     missing = [c for c in cases if not refs[c].is_file()]

@@ -87,7 +87,8 @@ def test_p_value_equals_scipys_wilcoxon_on_the_csv_columns(compared):
     tested = [r for r in summary if r["trainer"] != "Noise"]
     assert len(tested) == 12
     for r in tested:
-        p = stats.wilcoxon(column(r["trainer"], r["label"], r["metric"]), column("Noise", r["label"], r["metric"])).pvalue
+        x, y = column(r["trainer"], r["label"], r["metric"]), column("Noise", r["label"], r["metric"])
+        p = stats.wilcoxon(x, y).pvalue
         assert float(r["p_wilcoxon"]) == pytest.approx(p, rel=1e-12)
         assert float(r["p_holm"]) >= float(r["p_wilcoxon"])
         # every trainer beats noise on every case: the same p everywhere, so Holm multiplies by 12
@@ -178,9 +179,9 @@ def _other_spacing(tree):
                         "again: nnUNetv2_train Dataset901_Tiny 3d_fullres 0 -tr B --val"),
     (_other_spacing, [], "trainer B fold 2: case 'case_002': prediction spacing [1.0, 1.0, 3.0] (x, y, z) differs "
                          "from the reference's [1.0, 1.0, 2.0]; predictions must be on the reference's grid"),
-    (lambda tree: None, ["-p", "OtherPlans"], "trainer A: no results '{results}/Dataset901_Tiny/"
-                                              "A__OtherPlans__3d_fullres'; train it: nnUNetv2_train Dataset901_Tiny "
-                                              "3d_fullres 0 -tr A -p OtherPlans (for each fold), or check -tr / -p / -c"),
+    (lambda tree: None, ["-p", "OtherPlans"],
+     "trainer A: no results '{results}/Dataset901_Tiny/A__OtherPlans__3d_fullres'; train it: nnUNetv2_train "
+     "Dataset901_Tiny 3d_fullres 0 -tr A -p OtherPlans (for each fold), or check -tr / -p / -c"),
     (lambda tree: None, ["--baseline", "C"], "baseline C is not among the trainers (A B); add it to -tr or choose "
                                              "one of them"),
     (lambda tree: None, ["-f", "0", "0"], "-f takes distinct fold numbers >= 0, got 0 0"),
