@@ -24,15 +24,15 @@ from nnunet_ext.blocks.conv import ConvNormAct, ResidualBlock, SegmentationHeads
 from nnunet_ext.blocks.epa import EPABlock
 
 
-def _down_conv(in_channels: int, out_channels: int, stride: Sequence[int]) -> ConvNormAct:
+def _down_conv(input_channels: int, output_channels: int, stride: Sequence[int]) -> ConvNormAct:
     """Conv with kernel = stride (no bias), then GroupNorm: the stem and the down-samplings.
 
     Our choice: GroupNorm with gcd(C_in, C_out) groups. It equals the public code's
     GroupNorm(C_in) wherever that is valid (stem with 1, 2 or 4 input channels; 32 -> 64 etc.)
     and stays valid for any input channel count (e.g. 3 or 5).
     """
-    return ConvNormAct(in_channels, out_channels, tuple(stride), tuple(stride), padding=0, bias=False,
-                       norm_op=nn.GroupNorm, norm_op_kwargs={"num_groups": math.gcd(in_channels, out_channels)},
+    return ConvNormAct(input_channels, output_channels, tuple(stride), tuple(stride), padding=0, bias=False,
+                       norm_op=nn.GroupNorm, norm_op_kwargs={"num_groups": math.gcd(input_channels, output_channels)},
                        nonlin=None)
 
 

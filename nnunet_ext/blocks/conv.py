@@ -45,17 +45,17 @@ class ConvNormAct(nn.Module):
     (B, C_in, Z, Y, X) -> (B, C_out, ceil(Z/sz), ceil(Y/sy), ceil(X/sx)).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOr3 = 3, stride: IntOr3 = 1,
+    def __init__(self, input_channels: int, output_channels: int, kernel_size: IntOr3 = 3, stride: IntOr3 = 1,
                  dilation: IntOr3 = 1, conv_op: Type[nn.Module] = nn.Conv3d,
                  norm_op: Type[nn.Module] | None = nn.InstanceNorm3d, norm_op_kwargs: dict | None = None,
                  nonlin: Type[nn.Module] | None = nn.LeakyReLU, nonlin_kwargs: dict | None = None,
                  bias: bool = True, pre_norm: bool = False, padding: IntOr3 | None = None):
         super().__init__()
         pad = same_padding(kernel_size, dilation) if padding is None else _triple(padding)
-        self.conv = conv_op(in_channels, out_channels, _triple(kernel_size), _triple(stride), pad,
+        self.conv = conv_op(input_channels, output_channels, _triple(kernel_size), _triple(stride), pad,
                             dilation=_triple(dilation), bias=bias)
         self.pre_norm = pre_norm
-        self.norm = make_norm(norm_op, in_channels if pre_norm else out_channels, norm_op_kwargs)
+        self.norm = make_norm(norm_op, input_channels if pre_norm else output_channels, norm_op_kwargs)
         self.nonlin = make_nonlin(nonlin, nonlin_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,7 @@ class ResidualBlock(nn.Module):
     (B, C_in, Z, Y, X) -> (B, C_out, ceil(Z/s), ceil(Y/s), ceil(X/s)).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOr3 = 3, stride: IntOr3 = 1,
+    def __init__(self, input_channels: int, output_channels: int, kernel_size: IntOr3 = 3, stride: IntOr3 = 1,
                  conv_op: Type[nn.Module] = nn.Conv3d, norm_op: Type[nn.Module] | None = nn.InstanceNorm3d,
                  norm_op_kwargs: dict | None = None, nonlin: Type[nn.Module] | None = nn.LeakyReLU,
                  nonlin_kwargs: dict | None = None, bias: bool = False, pre_norm: bool = False):
@@ -81,13 +81,13 @@ class ResidualBlock(nn.Module):
         norm = dict(norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, conv_op=conv_op, bias=bias, pre_norm=pre_norm)
         act = dict(nonlin=nonlin, nonlin_kwargs=nonlin_kwargs)
         self.pre_norm = pre_norm
-        self.conv1 = ConvNormAct(in_channels, out_channels, kernel_size, stride, **norm, **act)
+        self.conv1 = ConvNormAct(input_channels, output_channels, kernel_size, stride, **norm, **act)
         # post-norm: the second conv has no activation before the addition
-        self.conv2 = ConvNormAct(out_channels, out_channels, kernel_size, 1, **norm,
+        self.conv2 = ConvNormAct(output_channels, output_channels, kernel_size, 1, **norm,
                                  **(act if pre_norm else dict(nonlin=None)))
         self.skip: nn.Module = nn.Identity()
-        if in_channels != out_channels or any(s != 1 for s in _triple(stride)):
-            self.skip = ConvNormAct(in_channels, out_channels, 1, stride, conv_op=conv_op, bias=bias,
+        if input_channels != output_channels or any(s != 1 for s in _triple(stride)):
+            self.skip = ConvNormAct(input_channels, output_channels, 1, stride, conv_op=conv_op, bias=bias,
                                     norm_op=None if pre_norm else norm_op, norm_op_kwargs=norm_op_kwargs,
                                     nonlin=None)
         self.out_act = nn.Identity() if pre_norm else make_nonlin(nonlin, nonlin_kwargs)
@@ -99,11 +99,11 @@ class ResidualBlock(nn.Module):
 class UpsampleBlock(nn.Module):
     """Transposed conv with kernel = stride: (B, C_in, Z, Y, X) -> (B, C_out, Z*sz, Y*sy, X*sx)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: IntOr3 = 2,
+    def __init__(self, input_channels: int, output_channels: int, stride: IntOr3 = 2,
                  transp_op: Type[nn.Module] = nn.ConvTranspose3d, bias: bool = False):
         super().__init__()
         s = _triple(stride)
-        self.up = transp_op(in_channels, out_channels, s, s, bias=bias)
+        self.up = transp_op(input_channels, output_channels, s, s, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(x)

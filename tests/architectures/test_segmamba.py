@@ -86,15 +86,15 @@ def _run(net, x, deep_supervision):
     return outs
 
 
-@pytest.mark.parametrize("patch, strides, in_ch", [
+@pytest.mark.parametrize("patch, strides, input_channels", [
     ((32, 32, 32), ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)), 1),  # isotropic
     ((8, 32, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 1)), 3),  # anisotropic
 ])
 @pytest.mark.parametrize("deep_supervision", [True, False])
-def test_forward_shapes_and_gradients(patch, strides, in_ch, deep_supervision):
+def test_forward_shapes_and_gradients(patch, strides, input_channels, deep_supervision):
     spec = PlanSpec(patch, strides)
-    net = SegMamba(in_ch, 3, strides=_strides(spec), deep_supervision=deep_supervision, **TINY)
-    x = torch.randn(2, in_ch, *patch)
+    net = SegMamba(input_channels, 3, strides=_strides(spec), deep_supervision=deep_supervision, **TINY)
+    x = torch.randn(2, input_channels, *patch)
     outs = _run(net, x, deep_supervision)
     expected = [tuple(int(p * s) for p, s in zip(patch, scale)) for scale in net.deep_supervision_scales]
     assert [tuple(o.shape) for o in outs] == [(2, 3, *e) for e in expected[:len(outs)]]

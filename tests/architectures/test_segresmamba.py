@@ -13,8 +13,8 @@ from tests.plans import plans_manager
 ANISO = PlanSpec.from_patch((20, 160, 160), spacing=(5.0, 0.8, 0.8))
 
 
-def _expected_shapes(net, batch, classes, patch):
-    return [(batch, classes, *[round(p * f) for p, f in zip(patch, s)]) for s in net.deep_supervision_scales]
+def _expected_shapes(net, batch, num_classes, patch):
+    return [(batch, num_classes, *[round(p * f) for p, f in zip(patch, s)]) for s in net.deep_supervision_scales]
 
 
 # ------------------------------------------------------------------ plan -> strides

@@ -17,8 +17,8 @@ SMALL = dict(widths=(8, 16, 24, 32), depths=(1, 1, 1, 1), decoder_depths=(1, 1, 
              proj_sizes=(16, 16, 16, 8), decoder_proj_size=16)
 
 
-def _small(spec, in_ch, classes):
-    return UNETRPP(in_ch, classes, spec.patch_size, get_architecture("unetr_pp").strides(spec), **SMALL)
+def _small(spec, input_channels, num_classes):
+    return UNETRPP(input_channels, num_classes, spec.patch_size, get_architecture("unetr_pp").strides(spec), **SMALL)
 
 
 # ----------------------------------------------------------------------------- paper parity
@@ -68,17 +68,17 @@ def test_strides_from_plan_reach_the_layers(spec, strides):
 
 
 # ----------------------------------------------------------------------------- any plan
-def _check_outputs(net, spec, in_ch, classes, batch=1, device="cpu"):
-    x = torch.randn(batch, in_ch, *spec.patch_size, device=device)
+def _check_outputs(net, spec, input_channels, num_classes, batch=1, device="cpu"):
+    x = torch.randn(batch, input_channels, *spec.patch_size, device=device)
     net.deep_supervision = True
     outs = net(x)
     assert isinstance(outs, list) and len(outs) == len(net.deep_supervision_scales) == 3
     assert net.deep_supervision_scales[0] == [1.0, 1.0, 1.0]
     for o, scale in zip(outs, net.deep_supervision_scales):  # shapes nnU-Net's DS loss expects
-        assert o.shape == (batch, classes, *(round(p * s) for p, s in zip(spec.patch_size, scale)))
+        assert o.shape == (batch, num_classes, *(round(p * s) for p, s in zip(spec.patch_size, scale)))
     net.deep_supervision = False
     out = net(x)
-    assert isinstance(out, torch.Tensor) and out.shape == (batch, classes, *spec.patch_size)
+    assert isinstance(out, torch.Tensor) and out.shape == (batch, num_classes, *spec.patch_size)
     return outs
 
 
@@ -97,23 +97,23 @@ PLANS = {
 
 @pytest.mark.parametrize("key", list(PLANS))
 def test_forward_any_plan_reduced_width(key):
-    spec, in_ch, classes = PLANS[key]
-    net = _small(spec, in_ch, classes).eval()
+    spec, input_channels, num_classes = PLANS[key]
+    net = _small(spec, input_channels, num_classes).eval()
     with torch.no_grad():
-        _check_outputs(net, spec, in_ch, classes)
+        _check_outputs(net, spec, input_channels, num_classes)
 
 
-@pytest.mark.parametrize("spec,in_ch,classes", [
+@pytest.mark.parametrize("spec,input_channels,num_classes", [
     (PlanSpec.from_patch((20, 192, 192), spacing=(5, 0.8, 0.8)), 1, 3),  # anisotropic
     (PlanSpec.from_patch((128, 128, 128)), 2, 5),
     (PlanSpec((80, 160, 128), PlanSpec.from_patch((80, 160, 128), spacing=(2.5, 1.6, 1.6)).strides,
               spacing=(2.5, 1.6, 1.6), configuration="3d_lowres"), 1, 2),
 ])
-def test_full_size_on_meta(spec, in_ch, classes):
+def test_full_size_on_meta(spec, input_channels, num_classes):
     assert spec.strides[0] == (1, 1, 1)
     with torch.device("meta"):
-        net = build_network("unetr_pp", spec, in_ch, classes, True)
-        _check_outputs(net, spec, in_ch, classes, batch=2, device="meta")
+        net = build_network("unetr_pp", spec, input_channels, num_classes, True)
+        _check_outputs(net, spec, input_channels, num_classes, batch=2, device="meta")
     # token counts (and so Linear(N, p) and the position embeddings) follow from patch and strides
     for size, stage in zip(net.encoder.stage_sizes, net.encoder.stages):
         blk = stage[0]
