@@ -6,7 +6,7 @@ Methods (each skipped with a note when it cannot run here):
   ``torch@T`` runs it with blocks of T tokens (for choosing the block size).
 - ``fused``: our numba CPU kernel (:mod:`nnunet_ext.ops.scan_fused`), CPU only.
 - ``cuda``: mamba-ssm's ``selective_scan_fn`` kernel, CUDA only.
-- ``ref``: mamba-ssm's ``selective_scan_ref`` when it imports; otherwise ``loop_ref``, our stand-in
+- ``reference``: mamba-ssm's ``selective_scan_ref`` when it imports; otherwise ``loop_reference``, our stand-in
   with the same structure (exp(Δ⊗A) and Δ·B·u materialised as (B, E, L, N), one Python step per
   token indexing them, autograd through it -- which is why its backward grows with L²).
 - ``mambapy``: the ``mambapy`` package's Blelloch parallel scan ``mambapy.pscan.pscan``, wrapped
@@ -38,11 +38,11 @@ from nnunet_ext.bench.memory import PeakMemory
 #: selective_scan_ref is run at), and one case twice as wide with a batch of 2
 DEFAULT_CASES = [(1, 96, 16, 512), (1, 96, 16, 4096), (1, 96, 16, 8192), (1, 96, 16, 32768),
                  (2, 192, 16, 4096)]
-METHODS = ("torch", "fused", "cuda", "ref", "mambapy")
+METHODS = ("torch", "fused", "cuda", "reference", "mambapy")
 #: a method whose first fwd+bwd takes longer is not repeated
 SLOW_S = 20.0
 #: selective_scan_ref is skipped above this many tokens (its backward is O(L²): minutes)
-REF_MAX_LENGTH = 8192
+REFERENCE_MAX_LENGTH = 8192
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def make_inputs(b, e, n, length, device="cpu", seed=0):
     return {k: v.to(device).requires_grad_() for k, v in t.items()}
 
 
-def loop_ref(u, delta, A, B, C, D=None, z=None, delta_softplus=False):
+def loop_reference(u, delta, A, B, C, D=None, z=None, delta_softplus=False):
     """Stand-in for mamba-ssm's ``selective_scan_ref`` (same algorithm and tensor layout): the
     (B, E, L, N) decay and input tensors are built first, then one Python step per token."""
     import torch
@@ -131,11 +131,11 @@ def _method_fn(method: str, device: str):
         if fn is None:
             return None, "cuda (mamba-ssm kernel)", backends._probe_mamba_ssm()[1].reason
         return (lambda t: fn(**t, **kw)), "cuda (mamba-ssm kernel)", None
-    if method == "ref":
-        ref = mamba_ssm_ref()
-        if ref is not None:
-            return (lambda t: ref(**t, **kw)), "mamba-ssm selective_scan_ref", None
-        return (lambda t: loop_ref(**t, **kw)), "loop_ref (stand-in for selective_scan_ref)", None
+    if method == "reference":
+        reference = mamba_ssm_reference()
+        if reference is not None:
+            return (lambda t: reference(**t, **kw)), "mamba-ssm selective_scan_ref", None
+        return (lambda t: loop_reference(**t, **kw)), "loop_reference (stand-in for selective_scan_ref)", None
     if method == "mambapy":
         try:
             import importlib
@@ -146,7 +146,7 @@ def _method_fn(method: str, device: str):
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def mamba_ssm_ref():
+def mamba_ssm_reference():
     """mamba-ssm's ``selective_scan_ref`` when its module imports, else None."""
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_ref
@@ -197,9 +197,9 @@ def measure(b, e, n, length, method, repeats=3, device="cpu", memory=True) -> di
 # ---------------------------------------------------------------------------------------------
 
 def benchmark_scan(cases=None, methods=METHODS, repeats=3, device="cpu", threads=None, memory=True,
-                   ref_max_length=REF_MAX_LENGTH, progress=None) -> list[dict]:
+                   reference_max_length=REFERENCE_MAX_LENGTH, progress=None) -> list[dict]:
     """Rows ``{B, E, N, L, method, label, fwd_ms, fwd_bwd_ms, extra_peak_mb, runs, note,
-    speedup_vs_mambapy_fwd, speedup_vs_mambapy_fwd_bwd, speedup_vs_ref_fwd_bwd}``.
+    speedup_vs_mambapy_fwd, speedup_vs_mambapy_fwd_bwd, speedup_vs_reference_fwd_bwd}``.
 
     Each (case, method) is measured in a fresh interpreter (see the module docstring).
     ``threads`` defaults to this process's ``torch.get_num_threads()``.
@@ -211,9 +211,9 @@ def benchmark_scan(cases=None, methods=METHODS, repeats=3, device="cpu", threads
     for b, e, n, length in (cases or DEFAULT_CASES):
         case_rows = []
         for method in methods:
-            if method == "ref" and length > ref_max_length:
+            if method == "reference" and length > reference_max_length:
                 row = dict(B=b, E=e, N=n, L=length, method=method, label="selective_scan_ref",
-                           note=f"skipped: L > {ref_max_length} (its backward grows with L², minutes)")
+                           note=f"skipped: L > {reference_max_length} (its backward grows with L², minutes)")
             else:
                 row = run_isolated(measure, dict(b=b, e=e, n=n, length=length, method=method,
                                                  repeats=repeats, device=device, memory=memory), threads)
@@ -230,7 +230,7 @@ def benchmark_scan(cases=None, methods=METHODS, repeats=3, device="cpu", threads
 def _add_ratios(case_rows):
     by = {r["method"]: r for r in case_rows}
     for r in case_rows:
-        for other, key in (("mambapy", "fwd_ms"), ("mambapy", "fwd_bwd_ms"), ("ref", "fwd_bwd_ms")):
+        for other, key in (("mambapy", "fwd_ms"), ("mambapy", "fwd_bwd_ms"), ("reference", "fwd_bwd_ms")):
             o = by.get(other, {})
             if r.get(key) and o.get(key):
                 r[f"speedup_vs_{other}_{key[:-3]}"] = round(o[key] / r[key], 2)
@@ -238,14 +238,14 @@ def _add_ratios(case_rows):
 
 def format_table(rows) -> str:
     head = ["B", "E", "N", "L", "method", "fwd ms", "fwd+bwd ms", "extra peak MB", "runs",
-            "× mambapy fwd", "× mambapy f+b", "× ref f+b"]
+            "× mambapy fwd", "× mambapy f+b", "× reference f+b"]
     out = [head]
     for r in rows:
         f = lambda k, fmt="{:.1f}": fmt.format(r[k]) if r.get(k) is not None else "-"  # noqa: E731
         out.append([str(r["B"]), str(r["E"]), str(r["N"]), str(r["L"]), r.get("label", r["method"]),
                     f("fwd_ms"), f("fwd_bwd_ms"), f("extra_peak_mb"), str(r.get("runs", "-")),
                     f("speedup_vs_mambapy_fwd", "{:.2f}"), f("speedup_vs_mambapy_fwd_bwd", "{:.2f}"),
-                    f("speedup_vs_ref_fwd_bwd", "{:.1f}")])
+                    f("speedup_vs_reference_fwd_bwd", "{:.1f}")])
     widths = [max(len(row[i]) for row in out) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) if i != 4 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in out]

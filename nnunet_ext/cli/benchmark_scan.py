@@ -16,12 +16,12 @@ def register(sub) -> None:
     p.add_argument("--state", type=int, default=None, help="N (default 16)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (mean reported)")
     p.add_argument("--backends", nargs="+", default=None, metavar="METHOD",
-                   help="subset of: torch fused cuda ref mambapy, and torch@T for the PyTorch scan with "
-                        "blocks of T tokens (default: torch fused cuda ref mambapy)")
+                   help="subset of: torch fused cuda reference mambapy, and torch@T for the PyTorch scan with "
+                        "blocks of T tokens (default: torch fused cuda reference mambapy)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="default: cuda if available, else cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's current)")
-    p.add_argument("--ref-max-length", type=int, default=None,
+    p.add_argument("--reference-max-length", type=int, default=None,
                    help="skip selective_scan_ref above this L (default 8192; its backward is O(L²))")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--json", action="store_true", help="print the rows as one JSON list")
@@ -47,7 +47,8 @@ def run(args) -> int:
         raise SystemExit("nnunet-ext benchmark-scan: --backends names a method twice")
     for option, value in (("--batch", args.batch), ("--channels", args.channels), ("--state", args.state),
                           ("--repeats", args.repeats), ("--threads", args.threads),
-                          ("--ref-max-length", args.ref_max_length), *(("--lengths", L) for L in args.lengths or ())):
+                          ("--reference-max-length", args.reference_max_length),
+                          *(("--lengths", L) for L in args.lengths or ())):
         _checks.at_least("benchmark-scan", option, value, 1)
     if any(v is not None for v in (args.lengths, args.batch, args.channels, args.state)):
         cases = [(args.batch or 1, args.channels or 96, args.state or 16, L)
@@ -64,7 +65,7 @@ def run(args) -> int:
 
     load0 = os.getloadavg()[0]
     rows = bm.benchmark_scan(cases, methods, args.repeats, device, args.threads, not args.no_memory,
-                             args.ref_max_length or bm.REF_MAX_LENGTH, progress)
+                             args.reference_max_length or bm.REFERENCE_MAX_LENGTH, progress)
     if args.json:
         print(json.dumps(rows))
         return 0

@@ -57,9 +57,10 @@ BAD = [
     (["benchmark-scan", "--lengths", "512", "0"], "--lengths must be >= 1, got 0"),
     (["benchmark-scan", "--batch", "0"], "--batch must be >= 1"),
     (["benchmark-scan", "--threads", "0"], "--threads must be >= 1"),
-    (["benchmark-scan", "--ref-max-length", "0"], "--ref-max-length must be >= 1"),
+    (["benchmark-scan", "--reference-max-length", "0"], "--reference-max-length must be >= 1"),
     (["benchmark-scan", "--backends", "torch@0"], "unknown --backends torch@0"),
-    (["benchmark-scan", "--backends", "nope"], "unknown --backends nope; choose from torch fused cuda ref mambapy"),
+    (["benchmark-scan", "--backends", "nope"],
+     "unknown --backends nope; choose from torch fused cuda reference mambapy"),
     (["benchmark-scan", "--backends", "torch", "torch"], "--backends names a method twice"),
 ]
 
