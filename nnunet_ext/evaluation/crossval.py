@@ -148,7 +148,7 @@ def _validation_cases(lay: Layout, trainer: str, fold: int, file_ending: str,
         missing = [c for c in split if c not in preds]
         if missing:
             raise EvaluationError(f"trainer {trainer} fold {fold}: validation lacks {len(missing)} of the fold's "
-                                  f"{len(split)} cases ({_shown(missing)}); run its validation again: "
+                                  f"{len(split)} cases ({_shown(missing)}); let a running validation finish, or run it again: "
                                   f"{lay.train_command(trainer, fold, '--val')}")
         preds = {c: p for c, p in preds.items() if c in set(split)}
     return preds

@@ -175,8 +175,8 @@ def _other_spacing(tree):
                       "(add --c to continue)"),
     (_other_split, ["-f", "0"], "trainers A and B validated different cases in folds 0 (only A: 'case_005'; only B: "
                                 "'case_003'); compare trainers trained on the same splits (splits_final.json)"),
-    (_lacking_case, [], "trainer B fold 0: validation lacks 1 of the fold's 2 cases ('case_005'); run its validation "
-                        "again: nnUNetv2_train Dataset901_Tiny 3d_fullres 0 -tr B --val"),
+    (_lacking_case, [], "trainer B fold 0: validation lacks 1 of the fold's 2 cases ('case_005'); let a running "
+                        "validation finish, or run it again: nnUNetv2_train Dataset901_Tiny 3d_fullres 0 -tr B --val"),
     (_other_spacing, [], "trainer B fold 2: case 'case_002': prediction spacing [1.0, 1.0, 3.0] (x, y, z) differs "
                          "from the reference's [1.0, 1.0, 2.0]; predictions must be on the reference's grid"),
     (lambda tree: None, ["-p", "OtherPlans"],
