@@ -224,7 +224,8 @@ def format_summary(result: dict) -> str:
              f"{' '.join(map(str, result['folds']))}: {len(result['cases'])} cross-validation cases, baseline "
              f"`{b}`, NSD at {result['tolerance_mm']:g} mm.",
              f"Δ: paired mean difference to the baseline [95 % bootstrap CI]; p: two-sided Wilcoxon signed-rank, "
-             f"Holm-corrected over the {result['n_comparisons']} comparisons; verdict at α {result['alpha']:g}.", ""]
+             + (f"Holm-corrected over the {result['n_comparisons']} comparisons; verdict at α {result['alpha']:g}."
+                if result["n_comparisons"] else "none here (see below)."), ""]
     if result["p_value_note"]:
         lines += [result["p_value_note"], ""]
     lines += ["| class | metric | trainer | mean ± std | median | Δ [95 % CI] | p (Holm) | vs baseline |",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 
 import numpy as np
 
@@ -32,6 +33,16 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def short_names(trainers: list[str]) -> tuple[list[str], str]:
+    """Trainer names without the ``_...`` suffix they all share (e.g. a short-run budget
+    ``_2epochs_10iters``), and that suffix (``""`` if none)."""
+    suffix = os.path.commonprefix([t[::-1] for t in trainers])[::-1]
+    suffix = suffix[suffix.find("_"):] if "_" in suffix else ""
+    if not suffix or any(len(t) == len(suffix) for t in trainers):
+        return list(trainers), ""
+    return [t[:-len(suffix)] for t in trainers], suffix
+
+
 def boxplots_png(result: dict) -> bytes:
     """Box plots of every class and metric (see the module docstring)."""
     trainers, baseline = result["trainers"], result["baseline"]
@@ -47,6 +58,7 @@ def boxplots_png(result: dict) -> bytes:
     rng = np.random.default_rng(0)
     jitter = rng.uniform(-0.12, 0.12, size=len(cases))
     colors = [f"C{i}" for i in range(len(order))]
+    names, suffix = short_names(order)
     for r, (key, name) in enumerate(classes.items()):
         for c, m in enumerate(metrics):
             ax = axes[r, c]
@@ -75,12 +87,14 @@ def boxplots_png(result: dict) -> bytes:
                 ax.set_yticks([*ticks, inf_y], [f"{y:g}" for y in ticks] + ["inf"])
                 ax.set_ylim(bottom - 0.05 * span, inf_y + 0.06 * span)
             ax.set_xticks(range(len(order)))
-            ax.set_xticklabels([t + (" (baseline)" if t == baseline else "") for t in order],
-                               rotation=20, ha="right", fontsize=8)
+            ax.set_xticklabels([n + ("\n(baseline)" if t == baseline else "") for n, t in zip(names, order)],
+                               rotation=25 if max(map(len, names)) > 10 else 0,
+                               ha="right" if max(map(len, names)) > 10 else "center", fontsize=8)
             ax.set_title(f"{name} — {METRIC_TITLES.get(m, m)}", fontsize=10)
             ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{result['dataset']} {result['configuration']}: {len(cases)} cross-validation cases "
-                 f"(folds {' '.join(map(str, result['folds']))}); lines pair each case with the baseline",
+                 f"(folds {' '.join(map(str, result['folds']))}); lines pair each case with the baseline"
+                 + (f"; trainers ...{suffix}" if suffix else ""),
                  fontsize=10)
     return _png(fig)
 
@@ -88,7 +102,7 @@ def boxplots_png(result: dict) -> bytes:
 def ranking_png(result: dict) -> bytes:
     """Rank stability and, with ≥ 3 trainers, the critical-difference diagram."""
     rk = result["ranking"]
-    trainers = result["trainers"]
+    trainers, suffix = short_names(result["trainers"])
     k = len(trainers)
     order = np.argsort(rk["mean_rank"], kind="stable")
     cd = rk.get("friedman")
@@ -112,7 +126,7 @@ def ranking_png(result: dict) -> bytes:
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"fraction of {rk['n_resamples']} bootstrap resamples of the cases in each place (1 = best)",
                   fontsize=8)
-    ax.set_title("rank stability", fontsize=10)
+    ax.set_title("rank stability" + (f" (trainers ...{suffix})" if suffix else ""), fontsize=10)
 
     if cd:
         ax = axes[1]

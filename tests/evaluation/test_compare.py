@@ -47,3 +47,12 @@ def test_explicit_folders_a_missed_class_and_write_false(tmp_path, monkeypatch):
     assert r3["n_scored"] == 8 and r3["tolerance_mm"] == 2.0
     with pytest.raises(Exception, match="compare needs at least two trainers"):
         compare_trainers(901, "3d_fullres", ["Exact"], **kwargs)
+
+
+def test_plots_drop_the_suffix_all_trainer_names_share():
+    from nnunet_ext.evaluation.compare_plots import short_names
+
+    assert short_names(["nnUNetTrainer_2epochs_10iters", "MISSUTrainer_2epochs_10iters"]) == \
+        (["nnUNetTrainer", "MISSUTrainer"], "_2epochs_10iters")
+    assert short_names(["nnUNetTrainer", "MISSUTrainer"]) == (["nnUNetTrainer", "MISSUTrainer"], "")
+    assert short_names(["A_x", "_x"]) == (["A_x", "_x"], "")            # a name would vanish
