@@ -37,7 +37,7 @@ def count_macs(network: torch.nn.Module, input_shape: Sequence[int]) -> int:
     return counter.get_total_flops() // 2
 
 
-def summarize(arch: str, patch_size: Sequence[int], in_channels: int, classes: int,
+def summarize(arch: str, patch_size: Sequence[int], input_channels: int, num_classes: int,
               spacing: Sequence[float] = (1.0, 1.0, 1.0), deep_supervision: bool = False,
               device: str = "meta") -> dict:
     """Build ``arch`` for a plan of ``patch_size`` (nnU-Net's strides) and count it.
@@ -47,7 +47,7 @@ def summarize(arch: str, patch_size: Sequence[int], in_channels: int, classes: i
     """
     spec = PlanSpec.from_patch(patch_size, spacing)
     with torch.device(device):
-        net = build_network(arch, spec, in_channels, classes, deep_supervision)
+        net = build_network(arch, spec, input_channels, num_classes, deep_supervision)
     return {
         "arch": arch,
         "patch_size": list(spec.patch_size),
@@ -55,5 +55,5 @@ def summarize(arch: str, patch_size: Sequence[int], in_channels: int, classes: i
         "params": count_parameters(net),
         "params_trainable": count_parameters(net, trainable_only=True),
         "params_inference": count_parameters(net, inference=True),
-        "macs": count_macs(net, (1, in_channels, *spec.patch_size)),
+        "macs": count_macs(net, (1, input_channels, *spec.patch_size)),
     }

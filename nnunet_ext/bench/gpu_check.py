@@ -15,8 +15,8 @@ Sections of the report (:func:`run_check`; each is a list of rows in the JSON):
   SegMamba's first stage at a 128³ patch) and the output's difference there from the ``torch``
   back-end's. A back-end that cannot run here is a ``skipped`` row saying why.
 - ``networks``: each paper network built by its own nnU-Net trainer (the trainer class comes from
-  the caller: measuring does not import the trainers) from a plan of ``patch`` with ``in_channels``
-  and ``classes``. Inference first (eval mode, full-resolution output, one patch, ``no_grad`` under
+  the caller: measuring does not import the trainers) from a plan of ``patch`` with ``input_channels``
+  and ``num_classes``. Inference first (eval mode, full-resolution output, one patch, ``no_grad`` under
   autocast): seconds per patch and peak memory. Then ``steps`` training steps with the trainer's
   own loss (nnU-Net's DC+CE with deep supervision; MISSU's adds its self-distillation term),
   optimizer (SGD, momentum 0.99, Nesterov) and AMP -- on CUDA the trainer's own ``train_step``
@@ -82,8 +82,8 @@ class Sizes:
     amp_dtype: str              # autocast dtype of the network runs
     patch: tuple[int, int, int]
     batch: int
-    in_channels: int
-    classes: int
+    input_channels: int
+    num_classes: int
     steps: int                  # AMP training steps per network
     warmup_steps: int           # of those, left out of the step time
     infer_warmup: int           # untimed inference passes first
@@ -94,12 +94,12 @@ class Sizes:
 
 
 #: a GPU machine: SegMamba's setting (BraTS: 4 modalities, 128³ patches, batch 2)
-FULL = Sizes(device="cuda", amp_dtype="float16", patch=(128, 128, 128), batch=2, in_channels=4, classes=4,
+FULL = Sizes(device="cuda", amp_dtype="float16", patch=(128, 128, 128), batch=2, input_channels=4, num_classes=4,
              steps=20, warmup_steps=2, infer_warmup=1, infer_repeats=3, scan_shape=(1, 96, 16, 262144),
              check_length=4096,
              scan_repeats=3)
 #: ``--dry-run``: the whole check on the CPU at tiny sizes
-DRY_RUN = Sizes(device="cpu", amp_dtype="bfloat16", patch=(16, 16, 16), batch=2, in_channels=4, classes=4,
+DRY_RUN = Sizes(device="cpu", amp_dtype="bfloat16", patch=(16, 16, 16), batch=2, input_channels=4, num_classes=4,
                 steps=2, warmup_steps=1, infer_warmup=0, infer_repeats=1, scan_shape=(1, 96, 16, 1024),
                 check_length=128,
                 scan_repeats=1)
@@ -380,8 +380,8 @@ def make_trainer(cls: type, spec: PlanSpec, sizes: Sizes, work: Path):
     data = work / "preprocessed" / DATASET / "nnUNetPlans_3d_fullres"
     data.mkdir(parents=True, exist_ok=True)
     (data / "case.b2nd").touch()  # nnU-Net infers its dataset class from the files it finds
-    dataset_json = {"channel_names": {str(i): f"channel{i}" for i in range(sizes.in_channels)},
-                    "labels": {"background": 0, **{f"class{i}": i for i in range(1, sizes.classes)}},
+    dataset_json = {"channel_names": {str(i): f"channel{i}" for i in range(sizes.input_channels)},
+                    "labels": {"background": 0, **{f"class{i}": i for i in range(1, sizes.num_classes)}},
                     "numTraining": 1, "file_ending": ".nii.gz"}
     with _environ(nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
                   nnUNet_results=str(work / "results"), nnUNet_compile="f"), \
@@ -454,7 +454,7 @@ def network_rows(arch: str, sizes: Sizes, trainer_for: Callable[[str], type], wo
         # inference: one patch, eval mode, full-resolution output only, no autograd, autocast
         net.eval()
         trainer.set_deep_supervision_enabled(False)
-        x1 = torch.randn(1, sizes.in_channels, *sizes.patch, device=dev)
+        x1 = torch.randn(1, sizes.input_channels, *sizes.patch, device=dev)
 
         def infer():
             with torch.no_grad(), torch.autocast(dev.type, dtype=amp):
@@ -469,8 +469,8 @@ def network_rows(arch: str, sizes: Sizes, trainer_for: Callable[[str], type], wo
         net.train()
         trainer.set_deep_supervision_enabled(True)
         g = torch.Generator().manual_seed(0)
-        seg = torch.randint(0, sizes.classes, (sizes.batch, 1, *sizes.patch), generator=g).float()
-        batch = {"data": torch.randn(sizes.batch, sizes.in_channels, *sizes.patch, generator=g).to(dev),
+        seg = torch.randint(0, sizes.num_classes, (sizes.batch, 1, *sizes.patch), generator=g).float()
+        batch = {"data": torch.randn(sizes.batch, sizes.input_channels, *sizes.patch, generator=g).to(dev),
                  "target": [t.to(dev) for t in _targets(seg, trainer._get_deep_supervision_scales())]}
         memory.reset()
         losses, times, skipped = [], [], 0
@@ -578,8 +578,8 @@ def format_table(report: dict) -> str:
     head = (f"gpu-check{' --dry-run' if report['dry_run'] else ''} on {env['device']} (torch {env['torch']}, "
             f"mamba-ssm {env['mamba-ssm'] or 'not installed'}, "
             f"causal-conv1d {env['causal-conv1d'] or 'not installed'}): "
-            f"networks at {'x'.join(map(str, s['patch']))}, batch {s['batch']}, {s['in_channels']} input channels, "
-            f"{s['classes']} classes, {s['amp_dtype']} autocast, eager (no torch.compile); memory: "
+            f"networks at {'x'.join(map(str, s['patch']))}, batch {s['batch']}, {s['input_channels']} input channels, "
+            f"{s['num_classes']} classes, {s['amp_dtype']} autocast, eager (no torch.compile); memory: "
             + ("peak torch.cuda.max_memory_allocated above the start (paper: MB as published); "
                if s["device"] == "cuda" else "growth of the peak resident set (indicative only: freed memory is "
                                              "reused between networks); ")

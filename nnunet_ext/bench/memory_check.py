@@ -40,7 +40,7 @@ def trainer_of(arch: str) -> str:
         else get_architecture(arch).trainer
 
 
-def plans_for_patch(patch_size: Sequence[int], in_channels: int, classes: int, batch: int,
+def plans_for_patch(patch_size: Sequence[int], input_channels: int, num_classes: int, batch: int,
                     spacing: Sequence[float] = (1.0, 1.0, 1.0)):
     """``(plans_manager, configuration_manager, dataset_json)`` of a ``3d_fullres`` plan with this
     patch and batch and nnU-Net's default architecture entry for it."""
@@ -52,21 +52,21 @@ def plans_for_patch(patch_size: Sequence[int], in_channels: int, classes: int, b
     configuration = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
                      "batch_size": int(batch), "patch_size": list(patch_size),
                      "median_image_size_in_voxels": list(patch_size), "spacing": list(spacing),
-                     "normalization_schemes": ["ZScoreNormalization"] * in_channels,
-                     "use_mask_for_norm": [False] * in_channels, "batch_dice": False, "architecture": architecture}
+                     "normalization_schemes": ["ZScoreNormalization"] * input_channels,
+                     "use_mask_for_norm": [False] * input_channels, "batch_dice": False, "architecture": architecture}
     plans = {"dataset_name": "Dataset999_MemoryCheck", "plans_name": "nnUNetPlans",
              "original_median_spacing_after_transp": list(spacing), "transpose_forward": [0, 1, 2],
              "transpose_backward": [0, 1, 2], "image_reader_writer": "SimpleITKIO",
              "configurations": {"3d_fullres": configuration}, "label_manager": "LabelManager",
              "foreground_intensity_properties_per_channel": {}}
-    dataset_json = {"channel_names": {str(i): f"c{i}" for i in range(in_channels)},
-                    "labels": {"background": 0, **{f"l{i}": i for i in range(1, classes)}},
+    dataset_json = {"channel_names": {str(i): f"c{i}" for i in range(input_channels)},
+                    "labels": {"background": 0, **{f"l{i}": i for i in range(1, num_classes)}},
                     "numTraining": 10, "file_ending": ".nii.gz"}
     pm = PlansManager(plans)
     return pm, pm.get_configuration("3d_fullres"), dataset_json
 
 
-def measure_train_peak(trainer: str, patch_size: Sequence[int], in_channels: int = 1, classes: int = 2,
+def measure_train_peak(trainer: str, patch_size: Sequence[int], input_channels: int = 1, num_classes: int = 2,
                        batch: int = 1, steps: int = 2, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
     """Peak memory of real float32 training steps on the CPU, in this process (run it in a fresh one)."""
     import gc
@@ -78,17 +78,17 @@ def measure_train_peak(trainer: str, patch_size: Sequence[int], in_channels: int
     cls = resolve_trainer(trainer)
     # one-off costs before the baseline (lazy imports, conv libraries, the scan kernels' compilation):
     # two steps of the same trainer on a small plan
-    warm = plans_for_patch(_WARMUP_PATCH, in_channels, classes, 1)
-    _steps(cls, *warm, batch=1, steps=2, classes=classes)
+    warm = plans_for_patch(_WARMUP_PATCH, input_channels, num_classes, 1)
+    _steps(cls, *warm, batch=1, steps=2, num_classes=num_classes)
     gc.collect()
-    pm, cm, dataset_json = plans_for_patch(patch_size, in_channels, classes, batch, spacing)
+    pm, cm, dataset_json = plans_for_patch(patch_size, input_channels, num_classes, batch, spacing)
     memory = PeakMemory("cpu")
-    peak = _steps(cls, pm, cm, dataset_json, batch, steps, classes, memory)
+    peak = _steps(cls, pm, cm, dataset_json, batch, steps, num_classes, memory)
     return {"trainer": trainer, "patch_size": list(patch_size), "batch": batch, "measured_mib": peak / _MIB,
             "threads": torch.get_num_threads()}
 
 
-def _steps(cls, pm, cm, dataset_json, batch: int, steps: int, classes: int, memory: PeakMemory | None = None) -> int:
+def _steps(cls, pm, cm, dataset_json, batch: int, steps: int, num_classes: int, memory: PeakMemory | None = None) -> int:
     """Build the trainer's network, loss and optimizer and run ``max(2, steps)`` float32 train steps;
     returns the peak above ``memory``'s baseline over the steps after the first (0 without ``memory``)."""
     import torch
@@ -107,24 +107,24 @@ def _steps(cls, pm, cm, dataset_json, batch: int, steps: int, classes: int, memo
             memory.reset()
         targets = train_step(network, loss, optimizer, data, targets, "fp32")
         if step == 0:
-            targets = [t.random_(0, classes) for t in targets]
+            targets = [t.random_(0, num_classes) for t in targets]
         if memory is not None and step >= 1:
             peak = max(peak, memory.above_baseline())
     return peak
 
 
-def estimate_train_peak(trainer: str, patch_size: Sequence[int], in_channels: int = 1, classes: int = 2,
+def estimate_train_peak(trainer: str, patch_size: Sequence[int], input_channels: int = 1, num_classes: int = 2,
                         batch: int = 1, threads: int = 1, spacing: Sequence[float] = (1.0, 1.0, 1.0),
                         precision: str = "fp32") -> dict:
     """:func:`~nnunet_ext.planning.estimate.estimate_training_memory` of the same setting."""
     from nnunet_ext.planning.estimate import estimate_training_memory, resolve_trainer
 
-    pm, cm, dataset_json = plans_for_patch(patch_size, in_channels, classes, batch, spacing)
+    pm, cm, dataset_json = plans_for_patch(patch_size, input_channels, num_classes, batch, spacing)
     e = estimate_training_memory(resolve_trainer(trainer), pm, cm, dataset_json, batch, precision, threads=threads)
     return {"estimate_mib": e.total / _MIB, "estimate": e.as_dict()}
 
 
-def memory_check(archs: Sequence[str], patches: Sequence[Sequence[int]], in_channels: int = 1, classes: int = 2,
+def memory_check(archs: Sequence[str], patches: Sequence[Sequence[int]], input_channels: int = 1, num_classes: int = 2,
                  batch: int = 1, threads: int = 1, timeout: float | None = None,
                  on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """One row per network and patch: estimate, measurement (fresh process) and their ratio."""
@@ -134,13 +134,13 @@ def memory_check(archs: Sequence[str], patches: Sequence[Sequence[int]], in_chan
         for patch in patches:
             row = {"arch": arch, "trainer": trainer, "patch_size": list(patch), "batch": batch}
             try:
-                row.update(estimate_train_peak(trainer, patch, in_channels, classes, batch, threads))
+                row.update(estimate_train_peak(trainer, patch, input_channels, num_classes, batch, threads))
             except Exception as e:  # reported in the table, the next network goes on
                 row["error"] = f"estimate: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
             if "error" not in row:
                 measured = run_isolated_env(measure_train_peak, {"trainer": trainer, "patch_size": list(patch),
-                                                             "in_channels": in_channels, "classes": classes,
-                                                             "batch": batch}, threads, timeout)
+                                                             "input_channels": input_channels, "batch": batch,
+                                                             "num_classes": num_classes}, threads, timeout)
                 if "error" in measured:
                     row["error"] = f"measurement: {measured['error']}"
                 else:
@@ -197,7 +197,7 @@ def run_memory_check(args) -> int:
                              f"{' '.join(map(str, patch))}")
     archs = ["nnunet", *(a for a in (args.archs or default_architectures()) if a not in ("nnunet",))]
     threads = args.threads or torch.get_num_threads()
-    rows = memory_check(archs, [tuple(p) for p in args.memory_check], args.in_channels, args.classes, args.batch,
+    rows = memory_check(archs, [tuple(p) for p in args.memory_check], args.input_channels, args.num_classes, args.batch,
                         threads, args.timeout,
                         on_row=lambda r: print(format_memory_table([r]).splitlines()[-1], file=sys.stderr,
                                                flush=True))

@@ -80,7 +80,7 @@ def nnunet_arch_kwargs(patch_size: Sequence[int], spacing: Sequence[float] = (1.
     }
 
 
-def build_benchmark_network(name: str, spec, in_channels: int, classes: int, deep_supervision: bool = True):
+def build_benchmark_network(name: str, spec, input_channels: int, num_classes: int, deep_supervision: bool = True):
     """``name`` is :data:`NNUNET` (or ``"nnunet"``) or a registered architecture."""
     from nnunet_ext.architectures import build_network
 
@@ -90,8 +90,8 @@ def build_benchmark_network(name: str, spec, in_channels: int, classes: int, dee
         spec.check_divisible(spec.total_stride, NNUNET)
         a = nnunet_arch_kwargs(spec.patch_size, spec.spacing)
         return get_network_from_plans(a["network_class_name"], a["arch_kwargs"], a["_kw_requires_import"],
-                                      in_channels, classes, allow_init=True, deep_supervision=deep_supervision)
-    return build_network(name, spec, in_channels, classes, deep_supervision)
+                                      input_channels, num_classes, allow_init=True, deep_supervision=deep_supervision)
+    return build_network(name, spec, input_channels, num_classes, deep_supervision)
 
 
 def _set_deep_supervision(net, enabled: bool) -> None:
@@ -118,7 +118,7 @@ def _nnunet_loss(n_outputs: int):
     return DeepSupervisionWrapper(loss, [w / total for w in weights])
 
 
-def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes: int = 2, batch: int = 1,
+def measure(name: str, patch_size: Sequence[int], input_channels: int = 1, num_classes: int = 2, batch: int = 1,
             device: str = "cpu", repeats: int = 3, warmup: int = 0,
             spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
     """Measure one network in this process (see the module docstring); returns a row of :data:`ROW_KEYS`.
@@ -152,12 +152,12 @@ def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes:
     def autocast():
         return torch.autocast("cuda", enabled=True) if cuda else torch.autocast("cpu", enabled=False)
 
-    net = build_benchmark_network(name, spec, in_channels, classes, deep_supervision=True).to(dev)
+    net = build_benchmark_network(name, spec, input_channels, num_classes, deep_supervision=True).to(dev)
 
     # ---- inference: one patch, eval mode, no deep supervision
     net.eval()
     _set_deep_supervision(net, False)
-    x1 = torch.randn(1, in_channels, *spec.patch_size, device=dev)
+    x1 = torch.randn(1, input_channels, *spec.patch_size, device=dev)
 
     def infer():
         with torch.no_grad(), autocast():
@@ -171,8 +171,8 @@ def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes:
     _set_deep_supervision(net, True)
     opt = torch.optim.SGD(net.parameters(), lr=1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
     scaler = torch.amp.GradScaler("cuda") if cuda else None
-    x = torch.randn(batch, in_channels, *spec.patch_size, device=dev)
-    seg = torch.randint(0, classes, (batch, 1, *spec.patch_size), device=dev).float()
+    x = torch.randn(batch, input_channels, *spec.patch_size, device=dev)
+    seg = torch.randint(0, num_classes, (batch, 1, *spec.patch_size), device=dev).float()
     state = {}
 
     def train_step():
@@ -202,11 +202,11 @@ def measure(name: str, patch_size: Sequence[int], in_channels: int = 1, classes:
     params_inference = count_parameters(net, inference=True)
     try:
         with torch.device("meta"):
-            meta_net = build_benchmark_network(name, spec, in_channels, classes, deep_supervision=False)
-        macs = count_macs(meta_net, (1, in_channels, *spec.patch_size))
+            meta_net = build_benchmark_network(name, spec, input_channels, num_classes, deep_supervision=False)
+        macs = count_macs(meta_net, (1, input_channels, *spec.patch_size))
     except Exception:  # an op without a meta kernel: count on the real network instead
         _set_deep_supervision(net, False)
-        macs = count_macs(net, (1, in_channels, *spec.patch_size))
+        macs = count_macs(net, (1, input_channels, *spec.patch_size))
 
     return {
         "arch": NNUNET if name == "nnunet" else name,
@@ -225,8 +225,8 @@ def default_architectures() -> list[str]:
     return [a for a in available_architectures() if a not in DEFAULT_EXCLUDE]
 
 
-def benchmark(archs: Sequence[str] | None = None, patch_size: Sequence[int] = (64, 64, 64), in_channels: int = 1,
-              classes: int = 2, batch: int = 1, device: str = "cpu", repeats: int = 3, warmup: int = 0,
+def benchmark(archs: Sequence[str] | None = None, patch_size: Sequence[int] = (64, 64, 64), input_channels: int = 1,
+              num_classes: int = 2, batch: int = 1, device: str = "cpu", repeats: int = 3, warmup: int = 0,
               spacing: Sequence[float] = (1.0, 1.0, 1.0), threads: int | None = None,
               timeout: float | None = None, on_row: Callable[[int, int, dict], None] | None = None) -> list[dict]:
     """Benchmark nnU-Net's network (first row) and ``archs`` (default :func:`default_architectures`).
@@ -249,11 +249,12 @@ def benchmark(archs: Sequence[str] | None = None, patch_size: Sequence[int] = (6
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but torch sees no CUDA device; use --device cpu")
     for what, v, lo in (("repeats", repeats, 1), ("warmup", warmup, 0), ("batch", batch, 1),
-                        ("in_channels", in_channels, 1), ("classes", classes, 2)):
+                        ("input_channels", input_channels, 1), ("num_classes", num_classes, 2)):
         if int(v) < lo:
             raise ValueError(f"{what} must be >= {lo}, got {v}")
-    configs = [{"name": name, "patch_size": list(patch_size), "in_channels": in_channels, "classes": classes,
-                "batch": batch, "device": device, "repeats": repeats, "warmup": warmup, "spacing": list(spacing)}
+    configs = [{"name": name, "patch_size": list(patch_size), "input_channels": input_channels,
+                "num_classes": num_classes, "batch": batch, "device": device, "repeats": repeats, "warmup": warmup,
+                "spacing": list(spacing)}
                for name in (NNUNET, *archs)]
     return run_isolated_rows(measure, configs, threads, timeout, on_row)
 

@@ -1,6 +1,6 @@
 """Whole-volume prediction as ``nnUNetv2_predict`` runs it, for every network beside nnU-Net's U-Net.
 
-One volume of ``volume`` voxels (default a 1 mm brain, 160 x 192 x 160) and ``in_channels``
+One volume of ``volume`` voxels (default a 1 mm brain, 160 x 192 x 160) and ``input_channels``
 channels (``torch.randn``, as after nnU-Net's z-score normalisation) goes through nnU-Net's own
 ``nnUNetPredictor.predict_logits_from_preprocessed_data``: padding to the patch, sliding window
 with tile step 0.5, gaussian weighting of overlapping tiles, float16 accumulation of the logits,
@@ -61,7 +61,7 @@ def prediction_plans(patch_size: Sequence[int], spacing: Sequence[float] = (1.0,
                 "spacing": [float(s) for s in spacing], "architecture": nnunet_arch_kwargs(patch_size, spacing)}}}
 
 
-def make_predictor(network, patch_size: Sequence[int], classes: int, mirroring: bool, device: str = "cpu",
+def make_predictor(network, patch_size: Sequence[int], num_classes: int, mirroring: bool, device: str = "cpu",
                    spacing: Sequence[float] = (1.0, 1.0, 1.0)):
     """nnU-Net's ``nnUNetPredictor`` set up as ``nnUNetv2_predict`` would be for a model trained on
     this plan (tile step 0.5, gaussian, mirroring over ``MIRROR_AXES`` if ``mirroring``), with
@@ -75,7 +75,7 @@ def make_predictor(network, patch_size: Sequence[int], classes: int, mirroring: 
     predictor = nnUNetPredictor(tile_step_size=TILE_STEP, use_gaussian=True, use_mirroring=mirroring,
                                 perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                 allow_tqdm=False)
-    labels = {"background": 0, **{f"class{i}": i for i in range(1, classes)}}
+    labels = {"background": 0, **{f"class{i}": i for i in range(1, num_classes)}}
     predictor.manual_initialization(network, plans, plans.get_configuration(_CONFIGURATION),
                                     [{k: v.clone() for k, v in network.state_dict().items()}],
                                     {"labels": labels}, "benchmark", MIRROR_AXES)
@@ -83,11 +83,11 @@ def make_predictor(network, patch_size: Sequence[int], classes: int, mirroring: 
 
 
 def measure_prediction(name: str, volume: Sequence[int] = DEFAULT_VOLUME, patch_size: Sequence[int] = DEFAULT_PATCH,
-                       in_channels: int = 1, classes: int = 2, mirroring: bool = False, device: str = "cpu",
+                       input_channels: int = 1, num_classes: int = 2, mirroring: bool = False, device: str = "cpu",
                        spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
-    """Predict one random (in_channels, *volume) volume with nnU-Net's predictor and ``name``'s
+    """Predict one random (input_channels, *volume) volume with nnU-Net's predictor and ``name``'s
     network (see the module docstring); returns a row of :data:`ROW_KEYS`. The logits are
-    (classes, *volume). Call it in a fresh process (:func:`benchmark_prediction` does)."""
+    (num_classes, *volume). Call it in a fresh process (:func:`benchmark_prediction` does)."""
     import torch
     import torch.nn.functional as F
 
@@ -99,9 +99,9 @@ def measure_prediction(name: str, volume: Sequence[int] = DEFAULT_VOLUME, patch_
     memory = PeakMemory(dev)
     torch.manual_seed(0)
     spec = PlanSpec.from_patch(patch_size, spacing)
-    net = build_benchmark_network(name, spec, in_channels, classes, deep_supervision=False).to(dev).eval()
-    predictor = make_predictor(net, spec.patch_size, classes, mirroring, device, spacing)
-    data = torch.randn(in_channels, *volume)
+    net = build_benchmark_network(name, spec, input_channels, num_classes, deep_supervision=False).to(dev).eval()
+    predictor = make_predictor(net, spec.patch_size, num_classes, mirroring, device, spacing)
+    data = torch.randn(input_channels, *volume)
 
     calls = [0]
     hook = net.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
@@ -118,9 +118,9 @@ def measure_prediction(name: str, volume: Sequence[int] = DEFAULT_VOLUME, patch_
     peak_rss, peak = peak_rss_bytes(), memory.above_baseline()
     hook.remove()
     logits = out.pop("logits")
-    if tuple(logits.shape) != (classes, *volume):
+    if tuple(logits.shape) != (num_classes, *volume):
         raise RuntimeError(f"nnU-Net's predictor returned logits of shape {tuple(logits.shape)}, "
-                           f"expected {(classes, *volume)}")
+                           f"expected {(num_classes, *volume)}")
     return {"arch": NNUNET if name == "nnunet" else name, "mirroring": bool(mirroring), "volume": list(volume),
             "patch_size": list(spec.patch_size), "tiles": tiles, "network_calls": calls[0], "wall_s": wall_s,
             "s_per_tile": wall_s / tiles, "peak_rss_mib": peak_rss / _MIB, "peak_mib": peak / _MIB,
@@ -135,7 +135,7 @@ def mirroring_modes(mirroring: str) -> list[bool]:
 
 
 def benchmark_prediction(archs: Sequence[str] | None = None, volume: Sequence[int] = DEFAULT_VOLUME,
-                         patch_size: Sequence[int] = DEFAULT_PATCH, in_channels: int = 1, classes: int = 2,
+                         patch_size: Sequence[int] = DEFAULT_PATCH, input_channels: int = 1, num_classes: int = 2,
                          mirroring: str = "off", device: str = "cpu", spacing: Sequence[float] = (1.0, 1.0, 1.0),
                          threads: int | None = None, timeout: float | None = None,
                          on_row: Callable[[int, int, dict], None] | None = None) -> list[dict]:
@@ -160,11 +160,11 @@ def benchmark_prediction(archs: Sequence[str] | None = None, volume: Sequence[in
         raise ValueError("--device cuda, but torch sees no CUDA device; use --device cpu")
     if len(volume) != 3 or any(int(v) < 1 for v in volume):
         raise ValueError(f"volume takes 3 voxel counts >= 1 (z y x), got {list(volume)}")
-    for what, v, lo in (("in_channels", in_channels, 1), ("classes", classes, 2)):
+    for what, v, lo in (("input_channels", input_channels, 1), ("num_classes", num_classes, 2)):
         if int(v) < lo:
             raise ValueError(f"{what} must be >= {lo}, got {v}")
     configs = [{"name": name, "volume": [int(v) for v in volume], "patch_size": [int(p) for p in patch_size],
-                "in_channels": in_channels, "classes": classes, "mirroring": m, "device": device,
+                "input_channels": input_channels, "num_classes": num_classes, "mirroring": m, "device": device,
                 "spacing": [float(s) for s in spacing]} for name in (NNUNET, *archs) for m in modes]
     return run_isolated_rows(measure_prediction, configs, threads, timeout, on_row, keys=("mirroring",))
 

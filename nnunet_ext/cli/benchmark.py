@@ -19,8 +19,8 @@ def register(sub) -> None:
                    help="patch size (default 64 64 64, small enough for a CPU)")
     p.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("SZ", "SY", "SX"),
                    help="voxel spacing the planner rule derives the strides from (default 1 1 1)")
-    p.add_argument("--in-channels", type=int, default=1)
-    p.add_argument("--classes", type=int, default=2, help="segmentation heads incl. background (default 2)")
+    p.add_argument("--input-channels", type=int, default=1)
+    p.add_argument("--num-classes", type=int, default=2, help="segmentation heads incl. background (default 2)")
     p.add_argument("--batch", type=int, default=1, help="training batch size (inference is one patch; default 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; their mean is reported (default 3)")
@@ -33,7 +33,7 @@ def register(sub) -> None:
                              "instead of the per-patch table: one volume through nnU-Net's own sliding-window "
                              "predictor (tile step 0.5, gaussian) per network, random weights; wall time, tiles "
                              "and peak resident memory of each run in a fresh subprocess (uses --archs, "
-                             "--in-channels, --classes, --spacing, --device, --threads, --timeout, --json)")
+                             "--input-channels, --num-classes, --spacing, --device, --threads, --timeout, --json)")
     w.add_argument("--predict", action="store_true", help="measure whole-volume prediction")
     w.add_argument("--predict-shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
                    help="volume in voxels (default 160 192 160, a 1 mm brain)")
@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--memory-check", type=int, nargs=3, action="append", metavar=("Z", "Y", "X"),
                    help="instead: the planner's estimated peak training memory (float32, CPU) beside the measured "
                         "peak of real train steps, per network, at this patch (repeat for more patches; uses "
-                        "--archs, --batch, --in-channels, --classes, --threads, --timeout, --json)")
+                        "--archs, --batch, --input-channels, --num-classes, --threads, --timeout, --json)")
     p.set_defaults(func=run)
 
 
@@ -66,8 +66,9 @@ def run(args) -> int:
         return run_memory_check(args)
     for option, value, low, meaning in (("--repeats", args.repeats, 1, " (timed runs)"),
                                         ("--warmup", args.warmup, 0, ""), ("--batch", args.batch, 1, ""),
-                                        ("--in-channels", args.in_channels, 1, ""),
-                                        ("--classes", args.classes, 2, " (segmentation heads incl. background)"),
+                                        ("--input-channels", args.input_channels, 1, ""),
+                                        ("--num-classes", args.num_classes, 2,
+                                         " (segmentation heads incl. background)"),
                                         ("--threads", args.threads, 1, "")):
         _checks.at_least("benchmark", option, value, low, meaning)
     if args.timeout is not None and not args.timeout > 0:
@@ -81,15 +82,15 @@ def run(args) -> int:
             f"train {row['train_s']:.3g} s/iter, infer {row['infer_s']:.3g} s/patch"
         print(f"[{i + 1}/{n}] {row['arch']}: {status}", file=sys.stderr, flush=True)
 
-    config = {"patch_size": list(args.patch), "spacing": list(args.spacing), "in_channels": args.in_channels,
-              "classes": args.classes, "batch": args.batch, "device": args.device, "repeats": args.repeats,
+    config = {"patch_size": list(args.patch), "spacing": list(args.spacing), "input_channels": args.input_channels,
+              "num_classes": args.num_classes, "batch": args.batch, "device": args.device, "repeats": args.repeats,
               "warmup": args.warmup}
 
     def describe(rows, ok):
         where = f"{ok['device_name']}, {ok['threads']} threads" if ok and ok["device"] == "cpu" else \
             (ok["device_name"] if ok else args.device)
-        return (f"patch {list(args.patch)}, spacing {list(args.spacing)}, batch {args.batch}, {args.in_channels} "
-                f"input channel(s), {args.classes} classes, {where}; mean of {args.repeats} after "
+        return (f"patch {list(args.patch)}, spacing {list(args.spacing)}, batch {args.batch}, {args.input_channels} "
+                f"input channel(s), {args.num_classes} classes, {where}; mean of {args.repeats} after "
                 f"{2 + args.warmup} warm-up; ratios to nnU-Net's PlainConvUNet", format_table(rows))
 
     return _measure_and_print(args, benchmark, config, progress, describe)
@@ -132,12 +133,12 @@ def _run_predict(args) -> int:
               file=sys.stderr, flush=True)
 
     config = {"volume": list(volume), "patch_size": list(patch), "spacing": list(args.spacing),
-              "in_channels": args.in_channels, "classes": args.classes, "mirroring": args.mirroring,
+              "input_channels": args.input_channels, "num_classes": args.num_classes, "mirroring": args.mirroring,
               "device": args.device}
     def describe(rows, ok):
         return (f"whole-volume prediction with nnU-Net's nnUNetPredictor: volume {list(volume)}, tile {list(patch)}, "
-                f"step {pr.TILE_STEP}, gaussian, spacing {list(args.spacing)}, {args.in_channels} input channel(s), "
-                f"{args.classes} classes, {args.device}" + (f", {ok['threads']} threads" if ok else "") +
+                f"step {pr.TILE_STEP}, gaussian, spacing {list(args.spacing)}, {args.input_channels} input channel(s), "
+                f"{args.num_classes} classes, {args.device}" + (f", {ok['threads']} threads" if ok else "") +
                 "; one run each, random weights; ratios to nnU-Net's PlainConvUNet with the same mirroring",
                 pr.format_prediction_table(rows, args.memory_budget))
 

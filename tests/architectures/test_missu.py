@@ -23,8 +23,8 @@ def summary_128():
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = cli_main(["summary", "--arch", "missu", "--patch", "128", "128", "128", "--in-channels", "4",
-                       "--classes", "4", "--json"])
+        rc = cli_main(["summary", "--arch", "missu", "--patch", "128", "128", "128", "--input-channels", "4",
+                       "--num-classes", "4", "--json"])
     assert rc == 0
     return json.loads(buf.getvalue())
 

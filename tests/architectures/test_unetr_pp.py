@@ -23,10 +23,10 @@ def _small(spec, input_channels, num_classes):
 
 # ----------------------------------------------------------------------------- paper parity
 def test_synapse_parity_through_the_cli(capsys):
-    """`nnunet-ext summary --arch unetr_pp --patch 64 128 128 --in-channels 1 --classes 14 --json`:
+    """`nnunet-ext summary --arch unetr_pp --patch 64 128 128 --input-channels 1 --num-classes 14 --json`:
     paper (Synapse, Table I) 42.96 M parameters, 47.98 GMACs."""
-    assert main(["summary", "--arch", "unetr_pp", "--patch", "64", "128", "128", "--in-channels", "1",
-                 "--classes", "14", "--json"]) == 0
+    assert main(["summary", "--arch", "unetr_pp", "--patch", "64", "128", "128", "--input-channels", "1",
+                 "--num-classes", "14", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["strides"][0] == [1, 1, 1] and len(s["strides"]) == 6  # nnU-Net's own plan for this patch
     assert abs(s["params"] / 42.96e6 - 1) < 0.01, s["params"]

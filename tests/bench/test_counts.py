@@ -30,7 +30,7 @@ def test_count_parameters_inference_and_trainable():
 def test_count_macs_of_a_convolution_and_the_mode_is_restored():
     conv = nn.Conv3d(2, 4, 3, padding=1)
     conv.train()
-    # every output voxel (8^3) of every output channel (4): in_channels (2) x kernel (27) MACs; bias not counted
+    # every output voxel (8^3) of every output channel (4): input_channels (2) x kernel (27) MACs; bias not counted
     assert count_macs(conv, (1, 2, 8, 8, 8)) == 8 ** 3 * 4 * 2 * 27
     assert conv.training
     assert count_macs(conv, (3, 2, 8, 8, 8)) == 3 * count_macs(conv, (1, 2, 8, 8, 8))

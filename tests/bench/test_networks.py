@@ -29,7 +29,7 @@ def test_default_architectures_skip_the_spine_network():
 
 
 def test_benchmark_small_unet_and_nnunet_at_a_tiny_patch():
-    rows = benchmark(["small_unet"], patch_size=(16, 16, 16), classes=3, repeats=1, warmup=0, threads=2)
+    rows = benchmark(["small_unet"], patch_size=(16, 16, 16), num_classes=3, repeats=1, warmup=0, threads=2)
     assert [r["arch"] for r in rows] == [NNUNET, "small_unet"]
     for r in rows:
         assert "error" not in r, r

@@ -26,7 +26,7 @@ def nnunet_tiles(volume, patch, step=0.5) -> int:
 
 @pytest.mark.parametrize("name", ["nnunet", *default_architectures()])
 def test_every_network_predicts_a_volume_tile_by_tile(name):
-    row = measure_prediction(name, VOLUME, PATCH, classes=3)
+    row = measure_prediction(name, VOLUME, PATCH, num_classes=3)
     assert set(ROW_KEYS) <= set(row)
     assert row["arch"] == (NNUNET if name == "nnunet" else name) and row["mirroring"] is False
     assert row["tiles"] == nnunet_tiles(VOLUME, PATCH) == 8

@@ -30,7 +30,7 @@ def fake_benchmark(monkeypatch):
 
 def test_table_has_the_plan_header_ratios_and_error_rows(fake_benchmark, capsys):
     assert main(["benchmark", "--patch", "40", "48", "40", "--spacing", "4", "4", "4", "--batch", "2",
-                 "--classes", "3", "--threads", "2", "--archs", "missu", "segmamba"]) == 0
+                 "--num-classes", "3", "--threads", "2", "--archs", "missu", "segmamba"]) == 0
     assert fake_benchmark["archs"] == ["missu", "segmamba"] and fake_benchmark["threads"] == 2
     assert fake_benchmark["patch_size"] == [40, 48, 40] and fake_benchmark["batch"] == 2
     captured = capsys.readouterr()

@@ -21,7 +21,7 @@ def test_trainers_lists_every_registered_trainer(capsys):
 
 
 def test_summary_json(capsys):
-    assert main(["summary", "--arch", "small_unet", "--patch", "32", "32", "32", "--classes", "3", "--json"]) == 0
+    assert main(["summary", "--arch", "small_unet", "--patch", "32", "32", "32", "--num-classes", "3", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert {"arch", "params", "params_inference", "macs"} <= set(s) and s["arch"] == "small_unet"
     assert s["params"] > 0 and s["macs"] > 0
