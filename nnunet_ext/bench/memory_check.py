@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from nnunet_ext.bench.harness import run_isolated
 from nnunet_ext.bench.memory import PeakMemory
+from nnunet_ext.bench.networks import NNUNET, network_title
 
 _MIB = 2 ** 20
 #: the plan of the warm-up steps before the baseline
@@ -36,7 +37,7 @@ def trainer_of(arch: str) -> str:
     """The trainer that trains registered architecture ``arch`` (``nnunet``: nnU-Net's own)."""
     from nnunet_ext.architectures import get_architecture
 
-    return NNUNET_TRAINER if arch in ("nnunet", NNUNET_TRAINER) or arch.startswith("nnunet (") \
+    return NNUNET_TRAINER if arch in (NNUNET, NNUNET_TRAINER) \
         else get_architecture(arch).trainer
 
 
@@ -175,9 +176,9 @@ def format_memory_table(rows: Sequence[dict]) -> str:
     for r in rows:
         patch = "×".join(map(str, r["patch_size"]))
         if "error" in r:
-            lines.append(f"| {r['arch']} | {patch} | {r['batch']} | — | — | error: {r['error']} |")
+            lines.append(f"| {network_title(r['arch'])} | {patch} | {r['batch']} | — | — | error: {r['error']} |")
         else:
-            lines.append(f"| {r['arch']} | {patch} | {r['batch']} | {r['estimate_mib']:.0f} | "
+            lines.append(f"| {network_title(r['arch'])} | {patch} | {r['batch']} | {r['estimate_mib']:.0f} | "
                          f"{r['measured_mib']:.0f} | {r['ratio']:.2f} |")
     return "\n".join(lines)
 
@@ -195,7 +196,7 @@ def run_memory_check(args) -> int:
         if any(p < 1 for p in patch):
             raise SystemExit(f"nnunet-ext benchmark: --memory-check takes voxel counts >= 1 (z y x), got "
                              f"{' '.join(map(str, patch))}")
-    archs = ["nnunet", *(a for a in (args.archs or default_architectures()) if a not in ("nnunet",))]
+    archs = [NNUNET, *(a for a in (args.archs or default_architectures()) if a != NNUNET)]
     threads = args.threads or torch.get_num_threads()
     rows = memory_check(archs, [tuple(p) for p in args.memory_check], args.input_channels, args.num_classes, args.batch,
                         threads, args.timeout,

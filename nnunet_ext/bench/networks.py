@@ -36,8 +36,10 @@ from typing import Callable, Sequence
 from nnunet_ext.bench.harness import run_isolated_rows, seconds_per_call
 from nnunet_ext.bench.memory import PeakMemory
 
-#: the row name of stock nnU-Net's default network
-NNUNET = "nnunet (PlainConvUNet)"
+#: stock nnU-Net's default network (PlainConvUNet, trained by nnUNetTrainer): its name in ``--archs`` and
+#: in the rows, and its title in tables and progress lines
+NNUNET = "nnunet"
+NNUNET_TITLE = "nnU-Net (PlainConvUNet)"
 #: registered networks left out by default (the spine's test network)
 DEFAULT_EXCLUDE = ("small_unet",)
 #: what each row carries when the network ran
@@ -81,13 +83,13 @@ def nnunet_arch_kwargs(patch_size: Sequence[int], spacing: Sequence[float] = (1.
 
 
 def build_benchmark_network(name: str, spec, input_channels: int, num_classes: int, deep_supervision: bool = True):
-    """``name`` is :data:`NNUNET` (or ``"nnunet"``) or a registered architecture."""
+    """``name`` is :data:`NNUNET` or a registered architecture."""
     from nnunet_ext.architectures import build_network
 
-    if name in (NNUNET, "nnunet"):
+    if name == NNUNET:
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-        spec.check_divisible(spec.total_stride, NNUNET)
+        spec.check_divisible(spec.total_stride, NNUNET_TITLE)
         a = nnunet_arch_kwargs(spec.patch_size, spec.spacing)
         return get_network_from_plans(a["network_class_name"], a["arch_kwargs"], a["_kw_requires_import"],
                                       input_channels, num_classes, allow_init=True, deep_supervision=deep_supervision)
@@ -209,7 +211,7 @@ def measure(name: str, patch_size: Sequence[int], input_channels: int = 1, num_c
         macs = count_macs(net, (1, input_channels, *spec.patch_size))
 
     return {
-        "arch": NNUNET if name == "nnunet" else name,
+        "arch": name,
         "params": params, "params_inference": params_inference, "macs": int(macs),
         "train_s": train_s, "infer_s": infer_s,
         "peak_train_mib": peak_train / _MIB, "peak_infer_mib": peak_infer / _MIB,
@@ -239,7 +241,7 @@ def benchmark(archs: Sequence[str] | None = None, patch_size: Sequence[int] = (6
 
     from nnunet_ext.architectures import available_architectures
 
-    archs = default_architectures() if archs is None else [a for a in archs if a not in (NNUNET, "nnunet")]
+    archs = default_architectures() if archs is None else [a for a in archs if a != NNUNET]
     unknown = [a for a in archs if a not in available_architectures()]
     if unknown:
         raise ValueError(f"unknown architecture(s) {', '.join(unknown)}; known: "
@@ -260,6 +262,12 @@ def benchmark(archs: Sequence[str] | None = None, patch_size: Sequence[int] = (6
 
 
 # ------------------------------------------------------------------------------------------ table
+def network_title(arch: str) -> str:
+    """A row's network as tables and progress lines name it: :data:`NNUNET_TITLE` for the baseline,
+    else the registered name."""
+    return NNUNET_TITLE if arch == NNUNET else arch
+
+
 def ratio_suffix(v: float, ref: float | None) -> str:
     if ref is None or not ref or not math.isfinite(ref):
         return ""
@@ -268,17 +276,18 @@ def ratio_suffix(v: float, ref: float | None) -> str:
 
 def format_table(rows: Sequence[dict]) -> str:
     """Markdown table; each number is followed by its ratio to nnU-Net's network's."""
-    ref = next((r for r in rows if r["arch"] == NNUNET and "error" not in r), None)
+    baseline = next((r for r in rows if r["arch"] == NNUNET and "error" not in r), None)
     cols = (("params (M)", "params", 1e-6, "{:.2f}"), ("GMACs", "macs", 1e-9, "{:.2f}"),
             ("train s/iter", "train_s", 1, "{:.3g}"), ("infer s/patch", "infer_s", 1, "{:.3g}"),
             ("peak train MiB", "peak_train_mib", 1, "{:.0f}"), ("peak infer MiB", "peak_infer_mib", 1, "{:.0f}"))
     lines = ["| network | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['arch']} | " + " | ".join("—" for _ in cols[:-1]) + f" | error: {r['error']} |")
+            lines.append(f"| {network_title(r['arch'])} | " + " | ".join("—" for _ in cols[:-1])
+                         + f" | error: {r['error']} |")
             continue
-        cells = [fmt.format(r[key] * scale) + ratio_suffix(r[key], ref[key] if ref else None)
+        cells = [fmt.format(r[key] * scale) + ratio_suffix(r[key], baseline[key] if baseline else None)
                  for _, key, scale, fmt in cols]
-        lines.append(f"| {r['arch']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {network_title(r['arch'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 from nnunet_ext.bench.harness import run_isolated_rows, seconds_once
 from nnunet_ext.bench.memory import PeakMemory, peak_rss_bytes, reset_peak_rss
-from nnunet_ext.bench.networks import (NNUNET, build_benchmark_network, default_architectures, nnunet_arch_kwargs,
+from nnunet_ext.bench.networks import (NNUNET, build_benchmark_network, default_architectures, network_title, nnunet_arch_kwargs,
                                       ratio_suffix)
 
 #: a 1 mm brain MRI (z, y, x)
@@ -121,7 +121,7 @@ def measure_prediction(name: str, volume: Sequence[int] = DEFAULT_VOLUME, patch_
     if tuple(logits.shape) != (num_classes, *volume):
         raise RuntimeError(f"nnU-Net's predictor returned logits of shape {tuple(logits.shape)}, "
                            f"expected {(num_classes, *volume)}")
-    return {"arch": NNUNET if name == "nnunet" else name, "mirroring": bool(mirroring), "volume": list(volume),
+    return {"arch": name, "mirroring": bool(mirroring), "volume": list(volume),
             "patch_size": list(spec.patch_size), "tiles": tiles, "network_calls": calls[0], "wall_s": wall_s,
             "s_per_tile": wall_s / tiles, "peak_rss_mib": peak_rss / _MIB, "peak_mib": peak / _MIB,
             "device": dev.type, "threads": torch.get_num_threads()}
@@ -148,7 +148,7 @@ def benchmark_prediction(archs: Sequence[str] | None = None, volume: Sequence[in
 
     from nnunet_ext.architectures import available_architectures
 
-    archs = default_architectures() if archs is None else [a for a in archs if a not in (NNUNET, "nnunet")]
+    archs = default_architectures() if archs is None else [a for a in archs if a != NNUNET]
     unknown = [a for a in archs if a not in available_architectures()]
     if unknown:
         raise ValueError(f"unknown architecture(s) {', '.join(unknown)}; known: "
@@ -176,7 +176,7 @@ def format_prediction_table(rows: Sequence[dict], budget_gib: float | None = Non
     """Markdown table, one line per run; times and memory are followed by their ratio to nnU-Net's
     network's run with the same mirroring. With ``budget_gib`` a column says whether the process
     peak stayed within it."""
-    refs = {r["mirroring"]: r for r in rows if r["arch"] == NNUNET and "error" not in r}
+    baselines = {r["mirroring"]: r for r in rows if r["arch"] == NNUNET and "error" not in r}
     head = ["network", "mirroring", "tiles", "network calls", "wall s", "s/tile", "peak RSS MiB",
             "peak above imports MiB"]
     if budget_gib is not None:
@@ -185,15 +185,15 @@ def format_prediction_table(rows: Sequence[dict], budget_gib: float | None = Non
     for r in rows:
         mirror = "on (8 passes)" if r["mirroring"] else "off"
         if "error" in r:
-            lines.append(f"| {r['arch']} | {mirror} | " + " | ".join("—" for _ in head[2:-1]) +
+            lines.append(f"| {network_title(r['arch'])} | {mirror} | " + " | ".join("—" for _ in head[2:-1]) +
                          f" | error: {r['error']} |")
             continue
-        ref = refs.get(r["mirroring"])
-        cells = [r["arch"], mirror, str(r["tiles"]), str(r["network_calls"]),
-                 f"{r['wall_s']:.4g}" + ratio_suffix(r["wall_s"], ref and ref["wall_s"]),
+        baseline = baselines.get(r["mirroring"])
+        cells = [network_title(r["arch"]), mirror, str(r["tiles"]), str(r["network_calls"]),
+                 f"{r['wall_s']:.4g}" + ratio_suffix(r["wall_s"], baseline and baseline["wall_s"]),
                  f"{r['s_per_tile']:.3g}",
-                 f"{r['peak_rss_mib']:.0f}" + ratio_suffix(r["peak_rss_mib"], ref and ref["peak_rss_mib"]),
-                 f"{r['peak_mib']:.0f}" + ratio_suffix(r["peak_mib"], ref and ref["peak_mib"])]
+                 f"{r['peak_rss_mib']:.0f}" + ratio_suffix(r["peak_rss_mib"], baseline and baseline["peak_rss_mib"]),
+                 f"{r['peak_mib']:.0f}" + ratio_suffix(r["peak_mib"], baseline and baseline["peak_mib"])]
         if budget_gib is not None:
             cells.append("yes" if r["peak_rss_mib"] <= budget_gib * 1024 else "NO")
         lines.append("| " + " | ".join(cells) + " |")

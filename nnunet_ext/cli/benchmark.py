@@ -54,9 +54,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from nnunet_ext.architectures import available_architectures
     from nnunet_ext.cli import _checks
-    from nnunet_ext.bench.networks import NNUNET, benchmark, format_table
+    from nnunet_ext.bench.networks import NNUNET, benchmark, format_table, network_title
 
-    unknown = [a for a in args.archs or () if a not in (*available_architectures(), NNUNET, "nnunet")]
+    unknown = [a for a in args.archs or () if a not in (*available_architectures(), NNUNET)]
     if unknown:
         raise SystemExit(f"nnunet-ext benchmark: unknown architecture(s) {', '.join(unknown)}; known: "
                          f"{', '.join(available_architectures())} (nnU-Net's own network is always included)")
@@ -80,7 +80,7 @@ def run(args) -> int:
     def progress(i, n, row):
         status = f"error: {row['error']}" if "error" in row else \
             f"train {row['train_s']:.3g} s/iter, infer {row['infer_s']:.3g} s/patch"
-        print(f"[{i + 1}/{n}] {row['arch']}: {status}", file=sys.stderr, flush=True)
+        print(f"[{i + 1}/{n}] {network_title(row['arch'])}: {status}", file=sys.stderr, flush=True)
 
     config = {"patch_size": list(args.patch), "spacing": list(args.spacing), "input_channels": args.input_channels,
               "num_classes": args.num_classes, "batch": args.batch, "device": args.device, "repeats": args.repeats,
@@ -129,7 +129,8 @@ def _run_predict(args) -> int:
     def progress(i, n, row):
         status = f"error: {row['error']}" if "error" in row else \
             f"{row['tiles']} tiles, {row['wall_s']:.4g} s, peak RSS {row['peak_rss_mib']:.0f} MiB"
-        print(f"[{i + 1}/{n}] {row['arch']} (mirroring {'on' if row['mirroring'] else 'off'}): {status}",
+        mirror = "on" if row["mirroring"] else "off"
+        print(f"[{i + 1}/{n}] {pr.network_title(row['arch'])} (mirroring {mirror}): {status}",
               file=sys.stderr, flush=True)
 
     config = {"volume": list(volume), "patch_size": list(patch), "spacing": list(args.spacing),

@@ -10,7 +10,7 @@ from nnunet_ext.architectures import PlanError, PlanSpec, build_network, get_arc
 from nnunet_ext.architectures.plans import deepest_first_strides
 from nnunet_ext.architectures.segmamba import SegMamba
 from nnunet_ext.bench.counts import count_macs, summarize
-from nnunet_ext.bench.networks import build_benchmark_network
+from nnunet_ext.bench.networks import NNUNET, build_benchmark_network
 
 # small widths so real forwards are fast on 2 cores
 TINY = dict(widths=(4, 8, 8, 12), hidden_size=16, d_state=4)
@@ -45,7 +45,7 @@ def test_demo_plan_tokens_and_macs_drop():
     with torch.device("meta"):
         new = build_network("segmamba", spec, 1, 3, deep_supervision=False)
         old = SegMamba(1, 3, strides=deepest_first_strides(spec, 4), deep_supervision=False)
-        nnunet = build_benchmark_network("nnunet", spec, 1, 3, deep_supervision=False)
+        nnunet = build_benchmark_network(NNUNET, spec, 1, 3, deep_supervision=False)
     new_tokens, new_stage_macs, new_macs = _stage_tokens_and_macs(new, spec.patch_size)
     old_tokens, old_stage_macs, old_macs = _stage_tokens_and_macs(old, spec.patch_size)
     # patch / cumulative stride: new (2, 4, 8, 8), old (1, 2, 4, 8) per axis

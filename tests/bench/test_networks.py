@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nnunet_ext.architectures import PlanSpec
-from nnunet_ext.bench.networks import (NNUNET, ROW_KEYS, benchmark, build_benchmark_network,
+from nnunet_ext.bench.networks import (NNUNET, NNUNET_TITLE, ROW_KEYS, benchmark, build_benchmark_network,
                                       default_architectures, format_table, nnunet_arch_kwargs)
 
 
@@ -40,7 +40,7 @@ def test_benchmark_small_unet_and_nnunet_at_a_tiny_patch():
     assert rows[0]["params"] > rows[1]["params"]     # a quarter of nnU-Net's widths
     table = format_table(rows).splitlines()
     assert table[0].startswith("| network | params (M) | GMACs | train s/iter")
-    assert len(table) == 4 and table[2].startswith(f"| {NNUNET} |") and "(1.00×)" in table[2]
+    assert len(table) == 4 and table[2].startswith(f"| {NNUNET_TITLE} |") and "(1.00×)" in table[2]
     assert table[3].startswith("| small_unet |") and "×)" in table[3]
 
 

@@ -24,11 +24,11 @@ def nnunet_tiles(volume, patch, step=0.5) -> int:
     return int(np.prod([len(s) for s in compute_steps_for_sliding_window(padded, patch, step)]))
 
 
-@pytest.mark.parametrize("name", ["nnunet", *default_architectures()])
+@pytest.mark.parametrize("name", [NNUNET, *default_architectures()])
 def test_every_network_predicts_a_volume_tile_by_tile(name):
     row = measure_prediction(name, VOLUME, PATCH, num_classes=3)
     assert set(ROW_KEYS) <= set(row)
-    assert row["arch"] == (NNUNET if name == "nnunet" else name) and row["mirroring"] is False
+    assert row["arch"] == name and row["mirroring"] is False
     assert row["tiles"] == nnunet_tiles(VOLUME, PATCH) == 8
     assert row["network_calls"] == row["tiles"]
     for key in ("wall_s", "s_per_tile", "peak_rss_mib"):

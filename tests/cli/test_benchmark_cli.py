@@ -34,7 +34,7 @@ def test_table_has_the_plan_header_ratios_and_error_rows(fake_benchmark, capsys)
     assert fake_benchmark["archs"] == ["missu", "segmamba"] and fake_benchmark["threads"] == 2
     assert fake_benchmark["patch_size"] == [40, 48, 40] and fake_benchmark["batch"] == 2
     captured = capsys.readouterr()
-    assert "[1/2] nnunet (PlainConvUNet): train 1 s/iter" in captured.err
+    assert "[1/2] nnU-Net (PlainConvUNet): train 1 s/iter" in captured.err
     out = captured.out.splitlines()
     assert out[0].startswith("patch [40, 48, 40], spacing [4.0, 4.0, 4.0], batch 2, 1 input channel(s), 3 classes, "
                              "test-cpu, 2 threads")

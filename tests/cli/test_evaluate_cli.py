@@ -157,7 +157,7 @@ def test_benchmark_cli_prints_table_and_json(monkeypatch, capsys):
     assert main(["benchmark", "--archs", "small_unet", "--patch", "32", "32", "48", "--repeats", "2"]) == 0
     out = capsys.readouterr()
     assert seen["archs"] == ["small_unet"] and seen["patch_size"] == [32, 32, 48] and seen["repeats"] == 2
-    assert "| nnunet (PlainConvUNet) | 2.00 (1.00×) | 4.00 (1.00×) |" in out.out
+    assert "| nnU-Net (PlainConvUNet) | 2.00 (1.00×) | 4.00 (1.00×) |" in out.out
     assert "error: PlanError: not divisible" in out.out and "[2/2] small_unet" in out.err
     assert main(["benchmark", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == rows
