@@ -91,7 +91,7 @@ def run(args) -> int:
             (ok["device_name"] if ok else args.device)
         return (f"patch {list(args.patch)}, spacing {list(args.spacing)}, batch {args.batch}, {args.input_channels} "
                 f"input channel(s), {args.num_classes} classes, {where}; mean of {args.repeats} after "
-                f"{2 + args.warmup} warm-up; ratios to nnU-Net's PlainConvUNet", format_table(rows))
+                f"{2 + args.warmup} warm-up; ratios to nnU-Net (PlainConvUNet)", format_table(rows))
 
     return _measure_and_print(args, benchmark, config, progress, describe)
 
@@ -140,7 +140,7 @@ def _run_predict(args) -> int:
         return (f"whole-volume prediction with nnU-Net's nnUNetPredictor: volume {list(volume)}, tile {list(patch)}, "
                 f"step {pr.TILE_STEP}, gaussian, spacing {list(args.spacing)}, {args.input_channels} input channel(s), "
                 f"{args.num_classes} classes, {args.device}" + (f", {ok['threads']} threads" if ok else "") +
-                "; one run each, random weights; ratios to nnU-Net's PlainConvUNet with the same mirroring",
+                "; one run each, random weights; ratios to nnU-Net (PlainConvUNet) with the same mirroring",
                 pr.format_prediction_table(rows, args.memory_budget))
 
     return _measure_and_print(args, pr.benchmark_prediction, config, progress, describe)
