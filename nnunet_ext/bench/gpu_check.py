@@ -255,10 +255,10 @@ def _scan_call(name: str | Callable, inputs: dict, device, grad_out: torch.Tenso
     return y.detach(), {k: v.grad for k, v in leaves.items()}
 
 
-def _relative_error(value: torch.Tensor, ref: torch.Tensor) -> float:
-    ref = ref.double().cpu()
-    scale = ref.abs().max().item() or 1.0
-    return (value.double().cpu() - ref).abs().max().item() / scale
+def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    reference = reference.double().cpu()
+    scale = reference.abs().max().item() or 1.0
+    return (value.double().cpu() - reference).abs().max().item() / scale
 
 
 def scan_rows(sizes: Sizes, over_budget: Callable[[], str | None] = lambda: None) -> list[dict]:
@@ -267,8 +267,8 @@ def scan_rows(sizes: Sizes, over_budget: Callable[[], str | None] = lambda: None
     g = torch.Generator().manual_seed(2)
     grad_out = torch.randn(b, e, sizes.check_length, generator=g)
     # the reference: the sequential loop in float64 on the CPU
-    ref_y, ref_grads = _scan_call(selective_scan_sequential, {k: v.double() for k, v in check.items()}, "cpu",
-                                  grad_out.double())
+    reference_y, reference_grads = _scan_call(selective_scan_sequential, {k: v.double() for k, v in check.items()},
+                                              "cpu", grad_out.double())
     long_inputs = scan_inputs(b, e, n, length, seed=3)
     long_grad = torch.randn(b, e, length, generator=g)
     torch_long = {}  # device -> the torch back-end's long output (the cross-check of the others)
@@ -285,8 +285,8 @@ def scan_rows(sizes: Sizes, over_budget: Callable[[], str | None] = lambda: None
             continue
         try:
             y, grads = _scan_call(name, check, device, grad_out)
-            row["fwd_error"] = _relative_error(y, ref_y)
-            row["bwd_error"] = max(_relative_error(grads[k], ref_grads[k]) for k in ref_grads)
+            row["fwd_error"] = _relative_error(y, reference_y)
+            row["bwd_error"] = max(_relative_error(grads[k], reference_grads[k]) for k in reference_grads)
             # timed on the device's own copies (no host-to-device transfer inside the clock)
             long_dev = {k: v.to(device) for k, v in long_inputs.items()}
             grad_dev = long_grad.to(device)

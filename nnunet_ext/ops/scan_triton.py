@@ -548,13 +548,13 @@ def self_check(device) -> None:
     L = MAX_CHUNK + 5  # two chunks of the default tiling (the kernels compiled here serve later calls)
     inputs = dict(u=r(1, 2, L), delta=r(1, 2, L), A=-torch.rand(2, 3, generator=g) - 0.5, B=r(1, 3, L),
                   C=r(1, 3, L), D=r(2), z=r(1, 2, L), delta_bias=r(2) * 0.1)
-    ref_leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    reference_leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
     leaves = {k: v.to(device).requires_grad_() for k, v in inputs.items()}
     y = selective_scan_triton(**leaves, delta_softplus=True)
-    y_ref = selective_scan_sequential(**ref_leaves, delta_softplus=True)
+    y_reference = selective_scan_sequential(**reference_leaves, delta_softplus=True)
     y.sum().backward()
-    y_ref.sum().backward()
-    pairs = [("y", y, y_ref)] + [(f"d{k}", leaves[k].grad, ref_leaves[k].grad) for k in inputs]
-    for name, ours, ref in pairs:
-        if ours is None or not torch.allclose(ours.detach().cpu(), ref.detach(), rtol=1e-3, atol=1e-4):
+    y_reference.sum().backward()
+    pairs = [("y", y, y_reference)] + [(f"d{k}", leaves[k].grad, reference_leaves[k].grad) for k in inputs]
+    for name, ours, reference in pairs:
+        if ours is None or not torch.allclose(ours.detach().cpu(), reference.detach(), rtol=1e-3, atol=1e-4):
             raise RuntimeError(f"the Triton scan's {name} differs from the sequential reference on {device}")
