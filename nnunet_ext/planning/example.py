@@ -30,8 +30,9 @@ def environment(root: str) -> dict:
             "nnUNet_results": os.path.join(root, "results")}
 
 
-def fabricate(root: str, dataset_id: int = DATASET_ID, name: str = DATASET_NAME, channels: int = 4,
-              labels: int = 4, spacing=(1.0, 1.0, 1.0), median_shape=(140, 170, 140), cases: int = 400) -> None:
+def fabricate(root: str, dataset_id: int = DATASET_ID, name: str = DATASET_NAME,
+              input_channels: int = 4, num_classes: int = 4, spacing=(1.0, 1.0, 1.0),
+              median_shape=(140, 170, 140), cases: int = 400) -> None:
     """Write the raw ``dataset.json``, the fingerprint and nnU-Net's stock plans of a dataset whose
     ``cases`` images all have ``median_shape`` voxels of ``spacing`` mm. nnU-Net must not be imported
     yet, or be imported with :func:`environment` (``root``) set."""
@@ -41,14 +42,14 @@ def fabricate(root: str, dataset_id: int = DATASET_ID, name: str = DATASET_NAME,
     pre = os.path.join(env["nnUNet_preprocessed"], name)
     for d in (os.path.join(raw, "imagesTr"), os.path.join(raw, "labelsTr"), pre):
         os.makedirs(d, exist_ok=True)
-    dataset_json = {"channel_names": {str(i): f"MR{i}" for i in range(channels)},
-                    "labels": {"background": 0, **{f"label{i}": i for i in range(1, labels)}},
+    dataset_json = {"channel_names": {str(i): f"MR{i}" for i in range(input_channels)},
+                    "labels": {"background": 0, **{f"label{i}": i for i in range(1, num_classes)}},
                     "numTraining": cases, "file_ending": ".nii.gz"}
     fingerprint = {"spacings": [list(spacing)] * cases, "shapes_after_crop": [list(median_shape)] * cases,
                    "median_relative_size_after_cropping": 1.0,
                    "foreground_intensity_properties_per_channel": {
                        str(i): {"max": 1.0, "mean": 0.0, "median": 0.0, "min": -1.0, "percentile_00_5": -1.0,
-                                "percentile_99_5": 1.0, "std": 1.0} for i in range(channels)}}
+                                "percentile_99_5": 1.0, "std": 1.0} for i in range(input_channels)}}
     for path, obj in ((os.path.join(raw, "dataset.json"), dataset_json),
                       (os.path.join(pre, "dataset.json"), dataset_json),
                       (os.path.join(pre, "dataset_fingerprint.json"), fingerprint)):
