@@ -47,22 +47,29 @@ states (pass 1) are known. One program owning a whole chunk across channels sums
 atomics or a B·(E/BE)·N·L partial buffer.
 
 Limits: N ≤ :data:`MAX_DSTATE` (mamba-ssm's limit); the tile (BE × next-pow2(N) × T) is kept at
-about :data:`TILE_ELEMS` elements.
+about :data:`TILE_ELEMS` elements (at least 16 tokens, so 2 048 at N 128 and 4 096 at N 256, run
+with 8 and 16 warps: :func:`_launch_options`).
 
 Interpreter: with ``TRITON_INTERPRET=1`` set *before this module is imported* (Triton decides at
 ``@triton.jit`` time), the kernels run on CPU tensors through Triton's interpreter -- that is how
 the tests check them without a GPU (slow: keep sizes tiny). :data:`INTERPRET` records the mode.
+The interpreter does not check what Triton's compiler checks (types of loop-carried values,
+register use); :func:`kernel_launches` gives the arguments of every launch, from which
+:mod:`nnunet_ext.bench.triton_compile` compiles each kernel specialisation for real GPU
+architectures on any machine (``nnunet-ext gpu-check --compile-only``).
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["selective_scan_triton", "INTERPRET", "MAX_DSTATE", "self_check"]
+__all__ = ["selective_scan_triton", "kernel_launches", "KernelLaunch", "KERNELS", "INTERPRET", "MAX_DSTATE",
+           "self_check"]
 
 #: True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)
 INTERPRET = bool(triton.knobs.runtime.interpret)
@@ -72,6 +79,9 @@ MAX_DSTATE = 256
 TILE_ELEMS = 1024
 #: longest chunk (tokens per scan tile)
 MAX_CHUNK = 64
+#: registers per thread ptxas may use: the hardware's limit (left to itself, ptxas caps some of
+#: these kernels lower and spills a few bytes to raise occupancy)
+MAX_REGISTERS = 255
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +248,9 @@ def _bwd_carry_kernel(d_ptr, a_ptr, c_ptr, z_ptr, bias_ptr, dy_ptr, dlast_ptr, l
     """Grid (B, cdiv(E, BE)): the adjoint state λ_{(c+1)T} entering chunk c from its right,
     lamck (B, E, NCHUNK, N) (for the last chunk: the gradient of the last state, or 0)."""
     pb, e, n, i, em, nm, en_mask, row, nrow, en_off = _channel_block(E, N, L, BE, BN, T)
-    A2, bias, _ = _channel_params(a_ptr, bias_ptr, a_ptr, e, n, N, em, en_mask, HAS_BIAS, False)
+    # (D is not read here; the names bound before the loop must keep their type inside it, so `_`
+    # -- rebound by the loop -- cannot take the third value)
+    A2, bias, no_dskip = _channel_params(a_ptr, bias_ptr, a_ptr, e, n, N, em, en_mask, HAS_BIAS, False)
     A3 = A2[:, :, None]
     if HAS_DLAST:
         lam = tl.load(dlast_ptr + en_off, mask=en_mask, other=0.0).to(tl.float32)
@@ -348,63 +360,9 @@ def _bwd_kernel(u_ptr, d_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_ptr, bias_ptr, d
 
 
 
-# ---------------------------------------------------------------------------------------------
-# the interpreter
-# ---------------------------------------------------------------------------------------------
+#: every kernel of this module
+KERNELS = (_fwd_kernel, _bwd_carry_kernel, _bwd_kernel)
 
-def _vectorise_interpreter() -> bool:
-    """Let Triton's interpreter evaluate this module's scans and sums with numpy vector operations
-    instead of one Python call per element.
-
-    The interpreter evaluates a scan with a custom combine function as a left fold, calling the
-    combine function on scalars element by element, and a reduction likewise; that makes the
-    interpreted kernels ~100x slower than the same fold over whole slices. The replacement
-    computes exactly the same fold (same float32 operations in the same order, so the same bits:
-    tests/ops/test_scan_triton.py checks it against the original) for :func:`_combine` and
-    :func:`_add` only, and leaves every other scan or reduction to Triton. Returns False when this
-    Triton's interpreter does not have the expected hooks (everything then still works, slowly).
-    """
-    import numpy as np
-    from triton.runtime import interpreter as ti
-
-    scan_cls, reduce_cls = getattr(ti, "ScanOps", None), getattr(ti, "ReduceOps", None)
-    if not (hasattr(scan_cls, "generic_scan") and hasattr(reduce_cls, "generic_reduce")):
-        return False
-    if getattr(scan_cls, "_nnunet_ext_original", None) is not None:
-        return True
-    generic_scan, generic_reduce = scan_cls.generic_scan, reduce_cls.generic_reduce
-
-    def scan(self, inputs):
-        if self.combine_fn is not _combine or len(inputs) != 2:
-            return generic_scan(self, inputs)
-        a = np.moveaxis(inputs[0].handle.data, self.axis, 0)
-        x = np.moveaxis(inputs[1].handle.data, self.axis, 0)
-        pa, px = a.copy(), x.copy()
-        for k in range(1, a.shape[0]):  # combine(acc, new) = (acc_a * a, a * acc_x + x)
-            pa[k] = pa[k - 1] * a[k]
-            px[k] = a[k] * px[k - 1] + x[k]
-        return [self.to_tensor(np.moveaxis(pa, 0, self.axis), inputs[0].dtype),
-                self.to_tensor(np.moveaxis(px, 0, self.axis), inputs[1].dtype)]
-
-    def reduce(self, inputs):
-        if self.combine_fn is not _add or len(inputs) != 1 or self.axis is None:
-            return generic_reduce(self, inputs)
-        x = np.moveaxis(inputs[0].handle.data, self.axis, 0)
-        acc = x[0].copy()
-        for k in range(1, x.shape[0]):
-            acc = acc + x[k]
-        if self.keep_dims:
-            acc = np.expand_dims(acc, self.axis)
-        return [self.to_tensor(acc, inputs[0].dtype)]
-
-    scan_cls._nnunet_ext_original = (generic_scan, generic_reduce)
-    scan_cls.generic_scan = scan
-    reduce_cls.generic_reduce = reduce
-    return True
-
-
-#: whether the interpreter evaluates this module's scans vectorised (only under TRITON_INTERPRET=1)
-INTERPRETER_VECTORISED = _vectorise_interpreter() if INTERPRET else False
 
 # ---------------------------------------------------------------------------------------------
 # host side
@@ -428,6 +386,104 @@ def _tiles(e: int, n: int, chunk: int | None, block_e: int | None) -> tuple[int,
     return be, bn, t, be_bwd
 
 
+def _launch_options(be: int, bn: int, t: int) -> dict:
+    """Warps and register limit of a launch with (BE × BN × T) register tiles: 4 warps, or more so
+    that a tile is at most 8 elements per thread (8 warps at N 128, 16 at N 256: the backward
+    kernel spills with fewer)."""
+    return {"num_warps": max(4, min(16, be * bn * t // 256)), "maxnreg": MAX_REGISTERS}
+
+
+class KernelLaunch(NamedTuple):
+    """One launch of a kernel of this module: ``kernel[grid](**args)``; ``args`` names every
+    argument, tensors and integers as passed, the ``tl.constexpr`` flags and tile sizes, and the
+    launch options (``num_warps``, ``maxnreg``)."""
+    kernel: object
+    grid: tuple[int, int]
+    args: dict
+
+
+def _run(launches: list[KernelLaunch], device: torch.device) -> None:
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        for launch in launches:
+            launch.kernel[launch.grid](**launch.args)
+
+
+def _forward_launch(u, delta, A, B, C, D, z, delta_bias, softplus: bool, tiles, save: bool):
+    """The forward kernel's launch and what it writes: y (B, E, L) in u's dtype, the last state
+    (B, E, N) and, with ``save``, the chunk-entry states ckpt (B, E, NCHUNK, N) (float32; without
+    ``save`` ckpt is the last state's tensor, unused)."""
+    bsz, e, length = u.shape
+    n = A.shape[1]
+    be, bn, t, _ = tiles
+    nchunk = max(1, triton.cdiv(length, t))
+    y = torch.empty_like(u, memory_format=torch.contiguous_format)
+    last = torch.empty(bsz, e, n, device=u.device, dtype=torch.float32)
+    ckpt = torch.empty(bsz, e, nchunk, n, device=u.device, dtype=torch.float32) if save else last
+    launch = KernelLaunch(_fwd_kernel, (bsz, triton.cdiv(e, be)), dict(
+        u_ptr=u, d_ptr=delta, a_ptr=A, b_ptr=B, c_ptr=C, dskip_ptr=_or(D, u), z_ptr=_or(z, u),
+        bias_ptr=_or(delta_bias, u), y_ptr=y, last_ptr=last, ckpt_ptr=ckpt, E=e, N=n, L=length, NCHUNK=nchunk,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+        SAVE=save, BE=be, BN=bn, T=t, **_launch_options(be, bn, t)))
+    return launch, y, last, ckpt
+
+
+def _backward_launches(u, delta, A, B, C, D, z, delta_bias, ckpt, gy, glast, softplus: bool, tiles):
+    """The two backward kernels' launches (gy (B, E, L) the gradient of y; glast (B, E, N) that of
+    the last state, or None) and what they write: du, dΔ, dz (B, E, L) (dz is du's tensor without
+    a gate), dB, dC (B, N, L), and the per-(batch, chunk) partial sums dA (B, NCHUNK, E, N),
+    dD and d delta_bias (B, NCHUNK, E), float32."""
+    bsz, e, length = u.shape
+    n = A.shape[1]
+    be, bn, t, be_bwd = tiles
+    nchunk = ckpt.shape[2]
+    dev = u.device
+    out = dict(du=torch.empty_like(u, memory_format=torch.contiguous_format),
+               ddelta=torch.empty_like(delta, memory_format=torch.contiguous_format),
+               dB=torch.empty_like(B, memory_format=torch.contiguous_format),
+               dC=torch.empty_like(C, memory_format=torch.contiguous_format),
+               da_part=torch.empty(bsz, nchunk, e, n, device=dev, dtype=torch.float32),
+               dd_part=torch.empty(bsz, nchunk, e, device=dev, dtype=torch.float32),
+               dbias_part=torch.empty(bsz, nchunk, e, device=dev, dtype=torch.float32))
+    out["dz"] = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else out["du"]
+    lamck = torch.empty_like(ckpt)
+    flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus)
+    carry = KernelLaunch(_bwd_carry_kernel, (bsz, triton.cdiv(e, be)), dict(
+        d_ptr=delta, a_ptr=A, c_ptr=C, z_ptr=_or(z, u), bias_ptr=_or(delta_bias, u), dy_ptr=gy,
+        dlast_ptr=_or(glast, ckpt), lamck_ptr=lamck, E=e, N=n, L=length, NCHUNK=nchunk,
+        HAS_DLAST=glast is not None, BE=be, BN=bn, T=t, **flags, **_launch_options(be, bn, t)))
+    grads = KernelLaunch(_bwd_kernel, (bsz, nchunk), dict(
+        u_ptr=u, d_ptr=delta, a_ptr=A, b_ptr=B, c_ptr=C, dskip_ptr=_or(D, u), z_ptr=_or(z, u),
+        bias_ptr=_or(delta_bias, u), dy_ptr=gy, ckpt_ptr=ckpt, lamck_ptr=lamck, du_ptr=out["du"],
+        ddelta_ptr=out["ddelta"], dz_ptr=out["dz"], db_ptr=out["dB"], dc_ptr=out["dC"], da_part_ptr=out["da_part"],
+        dd_part_ptr=out["dd_part"], dbias_part_ptr=out["dbias_part"], E=e, N=n, L=length, NCHUNK=nchunk,
+        HAS_D=D is not None, BE=be_bwd, BN=bn, T=t, **flags, **_launch_options(be_bwd, bn, t)))
+    return [carry, grads], out
+
+
+def _or(t, dummy):
+    """``t``, or ``dummy`` (any tensor: an argument the kernel's flags leave unread) for None."""
+    return dummy if t is None else t
+
+
+def kernel_launches(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                    requires_grad=True, last_state_grad=False, chunk: int | None = None,
+                    block_e: int | None = None) -> list[KernelLaunch]:
+    """Every kernel launch that :func:`selective_scan_triton` makes for these inputs, without
+    running one: the forward and, with ``requires_grad``, the two backward kernels (with
+    ``last_state_grad``, as when the last state's gradient is used too). Outputs are allocated on
+    the inputs' device, so with ``meta`` tensors this costs no memory and needs no GPU:
+    :mod:`nnunet_ext.bench.triton_compile` derives the kernel specialisations it compiles from it.
+    """
+    args = [_arg(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    tiles = _tiles(u.shape[1], A.shape[1], chunk, block_e)
+    fwd, y, last, ckpt = _forward_launch(*args, bool(delta_softplus), tiles, requires_grad)
+    if not requires_grad:
+        return [fwd]
+    bwd, _ = _backward_launches(*args, ckpt, torch.empty_like(y), torch.empty_like(last) if last_state_grad else None,
+                                bool(delta_softplus), tiles)
+    return [fwd, *bwd]
+
+
 def _arg(t):
     """The tensor, contiguous (None -> None)."""
     return None if t is None else t.contiguous()
@@ -439,65 +495,33 @@ class _TritonScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, chunk, block_e):
-        bsz, e, length = u.shape
-        n = A.shape[1]
-        be, bn, t, be_bwd = _tiles(e, n, chunk, block_e)
-        nchunk = max(1, triton.cdiv(length, t))
+        tiles = _tiles(u.shape[1], A.shape[1], chunk, block_e)
         need = any(ctx.needs_input_grad[:8])
-        y = torch.empty_like(u, memory_format=torch.contiguous_format)
-        last = torch.empty(bsz, e, n, device=u.device, dtype=torch.float32)
-        ckpt = torch.empty(bsz, e, nchunk, n, device=u.device, dtype=torch.float32) if need else last
-        dummy = u
-        with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
-            _fwd_kernel[(bsz, triton.cdiv(e, be))](
-                u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
-                dummy if delta_bias is None else delta_bias, y, last, ckpt,
-                e, n, length, nchunk,
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=bool(softplus), SAVE=need, BE=be, BN=bn, T=t)
+        launch, y, last, ckpt = _forward_launch(u, delta, A, B, C, D, z, delta_bias, bool(softplus), tiles, need)
+        _run([launch], u.device)
         ctx.set_materialize_grads(False)  # an unused output gets no zero-filled gradient
         if need:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
-            ctx.cfg = (bool(softplus), be, bn, t, be_bwd, nchunk)
+            ctx.cfg = (bool(softplus), tiles)
         return y, last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy, glast):
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
-        softplus, be, bn, t, be_bwd, nchunk = ctx.cfg
-        bsz, e, length = u.shape
-        n = A.shape[1]
-        dev = u.device
+        softplus, tiles = ctx.cfg
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
-        has_dlast = glast is not None
-        dlast = glast.contiguous() if has_dlast else ckpt
-        lamck = torch.empty_like(ckpt)
-        du = torch.empty_like(u, memory_format=torch.contiguous_format)
-        ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
-        dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else du
-        dB = torch.empty_like(B, memory_format=torch.contiguous_format)
-        dC = torch.empty_like(C, memory_format=torch.contiguous_format)
-        da_part = torch.empty(bsz, nchunk, e, n, device=dev, dtype=torch.float32)
-        dd_part = torch.empty(bsz, nchunk, e, device=dev, dtype=torch.float32)
-        dbias_part = torch.empty(bsz, nchunk, e, device=dev, dtype=torch.float32)
-        dummy = u
-        flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus)
-        with torch.cuda.device(dev) if u.is_cuda else contextlib.nullcontext():
-            _bwd_carry_kernel[(bsz, triton.cdiv(e, be))](
-                delta, A, C, dummy if z is None else z, dummy if delta_bias is None else delta_bias, gy, dlast,
-                lamck, e, n, length, nchunk, HAS_DLAST=has_dlast, BE=be, BN=bn, T=t, **flags)
-            _bwd_kernel[(bsz, nchunk)](
-                u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
-                dummy if delta_bias is None else delta_bias, gy, ckpt, lamck,
-                du, ddelta, dz, dB, dC, da_part, dd_part, dbias_part,
-                e, n, length, nchunk, HAS_D=D is not None, BE=be_bwd, BN=bn, T=t, **flags)
+        glast = None if glast is None else glast.contiguous()
+        launches, out = _backward_launches(u, delta, A, B, C, D, z, delta_bias, ckpt, gy, glast, softplus, tiles)
+        _run(launches, u.device)
         need = ctx.needs_input_grad
-        dA = da_part.sum((0, 1)).to(A.dtype) if need[2] else None
-        dD = dd_part.sum((0, 1)).to(D.dtype) if D is not None and need[5] else None
-        dbias = dbias_part.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None and need[7] else None
-        return (du if need[0] else None, ddelta if need[1] else None, dA, dB if need[3] else None,
-                dC if need[4] else None, dD, dz if z is not None and need[6] else None, dbias, None, None, None)
+        dA = out["da_part"].sum((0, 1)).to(A.dtype) if need[2] else None
+        dD = out["dd_part"].sum((0, 1)).to(D.dtype) if D is not None and need[5] else None
+        dbias = (out["dbias_part"].sum((0, 1)).to(delta_bias.dtype)
+                 if delta_bias is not None and need[7] else None)
+        return (out["du"] if need[0] else None, out["ddelta"] if need[1] else None, dA,
+                out["dB"] if need[3] else None, out["dC"] if need[4] else None, dD,
+                out["dz"] if z is not None and need[6] else None, dbias, None, None, None)
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias):

@@ -2,7 +2,8 @@
 
 Triton decides between compiling and interpreting when ``@triton.jit`` decorates, i.e. when
 :mod:`nnunet_ext.ops.scan_triton` is imported: the module fixture sets ``TRITON_INTERPRET=1`` and
-(re)imports it, and re-imports it without the variable afterwards. The interpreter is slow, so
+(re)imports it, and re-imports it without the variable afterwards; meanwhile
+:func:`tests.ops.triton_interpreter.vectorised_scans` speeds the interpreter up. It is slow all the same, so
 sizes are tiny; small ``chunk`` / ``block_e`` values make the tiny inputs span several chunks and
 partial channel blocks (lengths that are not a multiple of the chunk, L = 1, E not a multiple of
 the channel block).
@@ -27,11 +28,14 @@ from nnunet_ext.ops import (ENV_VAR, BackendUnavailableError, available_backends
 from nnunet_ext.ops.reference import selective_scan_sequential
 from tests.blocks.test_mamba_blocks import BLOCKS, _block_outputs_and_grads, use_scan
 from tests.ops.precision import assert_f32_close, f32_tolerance
+from tests.ops.triton_interpreter import vectorised_scans
 
 pytest.importorskip("triton")
 
 MODULE = "nnunet_ext.ops.scan_triton"
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+#: Triton's own (generic_scan, generic_reduce) while the fixture's faster ones are installed
+TRITONS_OWN_FOLDS = []
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +45,11 @@ def st():
     os.environ["TRITON_INTERPRET"] = "1"
     try:
         mod = importlib.reload(sys.modules[MODULE]) if MODULE in sys.modules else importlib.import_module(MODULE)
-        assert mod.INTERPRET and mod.INTERPRETER_VECTORISED
+        assert mod.INTERPRET
         backends.clear_cache()
-        yield mod
+        with vectorised_scans(mod) as tritons_own:
+            TRITONS_OWN_FOLDS[:] = tritons_own
+            yield mod
     finally:
         if old is None:
             os.environ.pop("TRITON_INTERPRET", None)
@@ -222,7 +228,7 @@ def test_vectorised_interpreter_scan_is_tritons_fold(st):
     import triton.language as tl
     from triton.runtime import interpreter as ti
 
-    generic_scan, generic_reduce = ti.ScanOps._nnunet_ext_original
+    generic_scan, generic_reduce = TRITONS_OWN_FOLDS
     scope = ti._patch_lang(st._fwd_kernel.fn)  # triton.language as inside a kernel
     try:
         _compare_folds(st, ti, tl, generic_scan, generic_reduce)
