@@ -1,5 +1,7 @@
 """``nnunet-ext gpu-check``: the checks for the first machine with a GPU (see
-:mod:`nnunet_ext.bench.gpu_check`), as one table on stdout and one JSON file."""
+:mod:`nnunet_ext.bench.gpu_check`), as one table on stdout and one JSON file; with
+``--compile-only``, on any machine, every Triton kernel compiled for GPU architectures
+(:mod:`nnunet_ext.bench.triton_compile`)."""
 
 import sys
 
@@ -20,10 +22,63 @@ def register(sub) -> None:
                         "bfloat16 autocast) to see that it works before using a GPU machine")
     p.add_argument("--networks", nargs="+", metavar="ARCH",
                    help="check only these networks (default: segmamba segresmamba unetr_pp missu)")
+    p.add_argument("--compile-only", action="store_true",
+                   help="no GPU needed: compile every Triton scan kernel specialisation the dispatcher can launch "
+                        "for real GPU architectures (triton.compile + the ptxas/cuobjdump in Triton's wheel) and "
+                        "print registers, spilled bytes, shared memory and compile seconds per kernel x arch x N; "
+                        "exits 1 on a compile error or a spill at N <= 64")
+    p.add_argument("--arch", nargs="+", metavar="SM",
+                   help="with --compile-only: the architectures (default: sm_80 sm_90; sm_100 and sm_120 use "
+                        "Triton's ptxas-blackwell)")
+    p.add_argument("--coverage", default="ci", metavar="LEVEL",
+                   help="with --compile-only: ci (default: every tile, option combination, dtype pair and integer "
+                        "specialisation, ~2 minutes on 2 cores for sm_80 + sm_90), full (their cross product, "
+                        "~20 minutes per architecture on 2 cores), or one of tiles, options, dtypes, shapes")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="with --compile-only: compiler processes (default: the CPU count)")
     p.set_defaults(func=run)
 
 
+def run_compile_only(args) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    from nnunet_ext.cli._checks import at_least, fail
+    from nnunet_ext.io import write_json
+
+    at_least("gpu-check", "--jobs", args.jobs, 1)
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise fail("gpu-check", f"--out {args.out}: give a file in an existing folder, e.g. --out gpu_check.json")
+    if importlib.util.find_spec("triton") is None:
+        raise fail("gpu-check", "--compile-only needs triton: `pip install triton` (PyTorch's Linux wheels ship it)")
+    from nnunet_ext.bench import triton_compile
+
+    levels = triton_compile.LEVELS + ("ci", "full")
+    if args.coverage not in levels:
+        raise fail("gpu-check", f"--coverage {args.coverage}: give one of {', '.join(levels)}")
+    archs = args.arch or list(triton_compile.DEFAULT_ARCHS)
+    for a in archs:
+        try:
+            triton_compile.parse_arch(a)
+        except ValueError as e:
+            raise fail("gpu-check", f"--arch: {e}") from None
+
+    def progress(row):
+        if row["status"] != "ok":
+            print(f"  {row['kernel']} {row['arch']} N {row['n']} tile {row['tile']}: {row['error']}",
+                  file=sys.stderr, flush=True)
+
+    report = triton_compile.run(archs, args.coverage, args.jobs, progress)
+    write_json(report, out)
+    print(triton_compile.format_table(report))
+    print(f"\nreport written to {out}")
+    return 0 if report["ok"] else 1
+
+
 def run(args) -> int:
+    if args.compile_only:
+        return run_compile_only(args)
     from pathlib import Path
 
     import torch
@@ -34,6 +89,9 @@ def run(args) -> int:
     from nnunet_ext.cli._checks import fail
     from nnunet_ext.io import write_json
 
+    if args.arch or args.coverage != "ci" or args.jobs:
+        raise fail("gpu-check", "--arch, --coverage and --jobs go with --compile-only (the full check compiles "
+                                "the Triton kernels for its own GPU)")
     unknown = [a for a in args.networks or () if a not in available_architectures()]
     if unknown:
         raise fail("gpu-check", f"--networks: unknown network(s) {', '.join(unknown)}; "

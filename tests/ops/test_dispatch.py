@@ -393,3 +393,15 @@ def test_no_gpu_means_no_triton_and_cpu_tensors_need_the_interpreter(monkeypatch
     with pytest.raises(BackendUnavailableError,
                        match="'triton' needs CUDA tensors, got cpu tensors.*TRITON_INTERPRET=1"):
         selective_scan(**small_inputs(), backend="triton")
+
+
+def test_mamba_ssm_fixes_ask_for_its_cuda_build():
+    """mamba-ssm after 2.3.2 builds selective_scan_cuda only with MAMBA_KEEP_CUDA_BUILD=TRUE (the
+    releases before ignore it): both of its fixes set it; causal-conv1d's need no such switch."""
+    def fix(op, missing):
+        return backends._missing_cuda_package(op, ModuleNotFoundError(f"No module named '{missing}'", name=missing)).fix
+
+    assert '`MAMBA_KEEP_CUDA_BUILD=TRUE pip install "nnunet-ext[cuda]" --no-build-isolation`' in fix("scan", "mamba_ssm")
+    assert ("`MAMBA_KEEP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation --no-cache-dir "
+            "--force-reinstall mamba-ssm`") in fix("scan", "selective_scan_cuda")
+    assert "KEEP" not in fix("conv", "causal_conv1d") + fix("conv", "causal_conv1d_cuda")
