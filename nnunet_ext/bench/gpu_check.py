@@ -14,6 +14,9 @@ Sections of the report (:func:`run_check`; each is a list of rows in the JSON):
   tokens), then forward and forward+backward time at ``scan_shape`` (B 1, E 96, N 16, L 262 144:
   SegMamba's first stage at a 128³ patch) and the output's difference there from the ``torch``
   back-end's. A back-end that cannot run here is a ``skipped`` row saying why.
+- ``triton_compile``: every Triton scan kernel specialisation compiled for this GPU's architecture
+  (:func:`nnunet_ext.bench.triton_compile.gpu_check_rows`: registers, spills, shared memory per
+  kernel x N, with the driver's counts of the loaded kernel); ``skipped`` in the dry run.
 - ``networks``: each paper network built by its own nnU-Net trainer (the trainer class comes from
   the caller: measuring does not import the trainers) from a plan of ``patch`` with ``input_channels``
   and ``num_classes``. Inference first (eval mode, full-resolution output, one patch, ``no_grad`` under
@@ -69,7 +72,7 @@ SCAN_NETWORKS = ("segmamba", "segresmamba")
 PAPER_MEMORY_MB = {"segmamba": {"train": 17976, "infer": 6279, "source": "Xing et al. 2024, Table 5"}}
 #: largest error (relative to the reference's largest magnitude) a scan back-end may have
 SCAN_TOLERANCE = 1e-3
-SECTIONS = ("backend_choice", "scan", "networks", "amp_training")
+SECTIONS = ("backend_choice", "scan", "triton_compile", "networks", "amp_training")
 #: seconds after which the full check starts no new measurement (it is meant to end within 5 minutes)
 BUDGET_S = 280.0
 _MIB = 2 ** 20
@@ -140,6 +143,9 @@ def run_check(trainer_for: Callable[[str], type], dry_run: bool = False, network
             emit("backend_choice", row)
         for row in scan_rows(sizes, over_budget):
             emit("scan", row)
+        from nnunet_ext.bench import triton_compile  # every Triton kernel compiled for this GPU's architecture
+        for row in triton_compile.gpu_check_rows(sizes.device):
+            emit("triton_compile", row)
         with tempfile.TemporaryDirectory(prefix="nnunet_ext_gpu_check_") as work:
             for arch in networks:
                 why = over_budget()

@@ -56,6 +56,10 @@ _CUDA_PACKAGES = {
     "scan": ("mamba-ssm", "mamba_ssm", "MAMBA_FORCE_BUILD", "mamba-ssm's selective-scan kernel"),
     "conv": ("causal-conv1d", "causal_conv1d", "CAUSAL_CONV1D_FORCE_BUILD", "causal-conv1d's kernel"),
 }
+#: per op: what its setup.py needs to build the CUDA op at all -- mamba-ssm after 2.3.2 builds
+#: ``selective_scan_cuda`` only with MAMBA_KEEP_CUDA_BUILD=TRUE (ignored by the releases before).
+#: Both need ``--no-build-isolation``: their setup.py imports the installed (CUDA) torch.
+_KEEP_CUDA = {"scan": "MAMBA_KEEP_CUDA_BUILD=TRUE ", "conv": ""}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -80,15 +84,16 @@ def _missing_cuda_package(op: str, exc: BaseException) -> Unavailable:
     detail = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == module:
         return Unavailable(f"{pip_name} is not installed ({detail})",
-                           'install the CUDA kernels with `pip install "nnunet-ext[cuda]"` (they compile '
-                           "against your torch/CUDA pair)")
+                           f'install the CUDA kernels with `{_KEEP_CUDA[op]}pip install "nnunet-ext[cuda]" '
+                           "--no-build-isolation` (they compile against your torch/CUDA pair, or a matching "
+                           "prebuilt wheel is fetched)")
     return Unavailable(f"{pip_name} is installed without a working CUDA extension ({detail})",
                        _rebuild_fix(op))
 
 
 def _rebuild_fix(op: str) -> str:
     pip_name, _, switch, _ = _CUDA_PACKAGES[op]
-    return (f"build it from source on this GPU machine (needs nvcc): `{switch}=TRUE pip install "
+    return (f"build it from source on this GPU machine (needs nvcc): `{_KEEP_CUDA[op]}{switch}=TRUE pip install "
             f"--no-build-isolation --no-cache-dir --force-reinstall {pip_name}`")
 
 
