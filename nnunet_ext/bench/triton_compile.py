@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import importlib.util
 import itertools
 import multiprocessing
 import os
@@ -387,10 +388,9 @@ def gpu_check_rows(device: str, level: str = "ci", jobs: int | None = None) -> l
     if device != "cuda":
         return [{"backend": "triton kernels", "device": device, "status": "skipped",
                  "reason": "no GPU here: `nnunet-ext gpu-check --compile-only` compiles them for any architecture"}]
-    try:
-        import triton  # noqa: F401
-    except ModuleNotFoundError as e:
-        return [{"backend": "triton kernels", "device": device, "status": "skipped", "reason": f"{e}"}]
+    if importlib.util.find_spec("triton") is None:
+        return [{"backend": "triton kernels", "device": device, "status": "skipped",
+                 "reason": "triton is not installed (`pip install triton`: PyTorch's Linux wheels ship it)"}]
     major, minor = torch.cuda.get_device_capability()
     report = run([f"sm_{major}{minor}"], level, jobs)
     rows = []
