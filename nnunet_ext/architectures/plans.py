@@ -25,6 +25,13 @@ per-axis product (the network's total stride). Every rule below keeps two proper
   often than the network down-samples is capped, except by a patch-embedding stem, which takes
   what the inner down-samplings leave.
 
+Synthetic plans
+---------------
+:func:`synthetic_plans` is the one factory of an nnU-Net plans dict for a patch (the benchmark,
+``gpu-check``, the memory check, the planning example and the tests use it), with nnU-Net's
+default ``architecture`` entry (:func:`default_architecture`), and :func:`synthetic_dataset_json`
+its ``dataset.json``; nnU-Net's topology rule is called in one place, :func:`nnunet_topology`.
+
 The rules (``rule(spec, downsamplings) -> strides``):
 
 - :func:`plan_strides`: the plan's own strides (networks that follow nnU-Net's topology).
@@ -110,13 +117,10 @@ class PlanSpec:
         and is not much coarser than the finest axis). If nnU-Net would change the patch to make
         it divisible, the given patch is kept (the network's divisibility check then reports it).
         """
-        from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-
         patch_size = _tuple3(patch_size, "patch_size")
-        _, pool, _, _, _ = get_pool_and_conv_props(list(spacing), list(patch_size), min_feature_map_size, 999999)
-        features = tuple(min(32 * 2 ** i, 320) for i in range(len(pool)))
-        return cls(patch_size=patch_size, strides=tuple(tuple(p) for p in pool), spacing=tuple(spacing),
-                   features_per_stage=features)
+        pool, _ = nnunet_topology(patch_size, spacing, min_feature_map_size)
+        return cls(patch_size=patch_size, strides=pool, spacing=tuple(spacing),
+                   features_per_stage=tuple(nnunet_widths(len(pool))))
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -231,3 +235,93 @@ def cumulative_strides(strides: Sequence[Sequence[int]]) -> list[Shape]:
 def stride_product(strides: Sequence[Sequence[int]]) -> Shape:
     """Per-axis product of a list of strides (a network's, or a plan's, total stride)."""
     return tuple(math.prod(int(s[a]) for s in strides) for a in range(3))
+
+
+# ---------------------------------------------------------------------------------- synthetic plans
+#: nnU-Net's default ExperimentPlanner (3D): UNet_base_num_features, UNet_max_features_3d,
+#: UNet_blocks_per_stage_encoder / _decoder
+NNUNET_BASE_FEATURES, NNUNET_MAX_FEATURES, NNUNET_CONVS_PER_STAGE = 32, 320, 2
+#: the configuration :func:`synthetic_plans` writes
+CONFIGURATION = "3d_fullres"
+
+
+def nnunet_topology(patch_size: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                    min_feature_map_size: int = 4) -> tuple[Strides, Strides]:
+    """nnU-Net's topology rule for a 3D patch (``get_pool_and_conv_props``): (pooling strides, conv
+    kernel sizes), one (z, y, x) per stage; pool an axis while it keeps at least
+    ``min_feature_map_size`` voxels and is not much coarser than the finest one."""
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    _, pool, kernels, _, _ = get_pool_and_conv_props(list(spacing), list(patch_size), min_feature_map_size, 999999)
+    return tuple(tuple(int(v) for v in p) for p in pool), tuple(tuple(int(v) for v in k) for k in kernels)
+
+
+def nnunet_widths(stages: int) -> list[int]:
+    """nnU-Net's default widths: 32 doubling per stage up to 320."""
+    return [min(NNUNET_MAX_FEATURES, NNUNET_BASE_FEATURES * 2 ** i) for i in range(stages)]
+
+
+def default_architecture(patch_size: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                         strides: Sequence[Sequence[int]] | None = None) -> dict:
+    """The ``architecture`` entry nnU-Net's default planner writes for a 3D patch and spacing (its
+    PlainConvUNet): strides and kernels from :func:`nnunet_topology`, widths :func:`nnunet_widths`,
+    two convolutions per stage. Given ``strides`` replace the planner's (kernels then 3 everywhere)."""
+    if strides is None:
+        strides, kernels = nnunet_topology(patch_size, spacing)
+    else:
+        kernels = tuple((3,) * len(s) for s in strides)
+    n = len(strides)
+    return {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {
+            "n_stages": n, "features_per_stage": nnunet_widths(n), "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [list(k) for k in kernels], "strides": [list(s) for s in strides],
+            "n_conv_per_stage": [NNUNET_CONVS_PER_STAGE] * n,
+            "n_conv_per_stage_decoder": [NNUNET_CONVS_PER_STAGE] * (n - 1), "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+
+
+def synthetic_plans(patch_size: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
+                    strides: Sequence[Sequence[int]] | None = None, batch_size: int = 2, input_channels: int = 1,
+                    dataset_name: str = "Dataset999_Synthetic", with_2d: bool = False) -> dict:
+    """An nnU-Net plans dict (as ``nnUNetPlans.json`` holds it) with one :data:`CONFIGURATION` of this
+    patch, spacing and batch size (data identifier ``nnUNetPlans_3d_fullres``) whose architecture is
+    :func:`default_architecture` (``strides`` given: these pooling strides instead of nnU-Net's rule),
+    and with ``with_2d`` a ``2d`` configuration of the in-plane axes. ``continue_training`` is set as
+    ``nnUNetv2_train`` sets it, so a trainer can be built from it."""
+    patch, spacing = [int(p) for p in patch_size], [float(v) for v in spacing]
+    architecture = default_architecture(patch, spacing, strides)
+
+    def configuration(dims: slice, identifier: str) -> dict:
+        arch = {**architecture, "arch_kwargs": dict(architecture["arch_kwargs"])}
+        if dims != slice(0, 3):  # the in-plane axes of every stage
+            arch["arch_kwargs"].update(conv_op="torch.nn.modules.conv.Conv2d",
+                                       norm_op="torch.nn.modules.instancenorm.InstanceNorm2d",
+                                       **{k: [v[dims] for v in arch["arch_kwargs"][k]]
+                                          for k in ("kernel_sizes", "strides")})
+        return {"data_identifier": identifier, "preprocessor_name": "DefaultPreprocessor",
+                "batch_size": int(batch_size), "patch_size": patch[dims], "median_image_size_in_voxels": patch[dims],
+                "spacing": spacing[dims], "normalization_schemes": ["ZScoreNormalization"] * input_channels,
+                "use_mask_for_norm": [False] * input_channels, "batch_dice": False, "architecture": arch}
+
+    configurations = {CONFIGURATION: configuration(slice(0, 3), f"nnUNetPlans_{CONFIGURATION}")}
+    if with_2d:
+        configurations["2d"] = configuration(slice(1, 3), "nnUNetPlans_2d")
+    return {"dataset_name": dataset_name, "plans_name": "nnUNetPlans", "continue_training": False,
+            "original_median_spacing_after_transp": spacing, "original_median_shape_after_transp": patch,
+            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+            "configurations": configurations, "experiment_planner_used": "ExperimentPlanner",
+            "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {}}
+
+
+def synthetic_dataset_json(input_channels: int = 1, num_classes: int = 2, cases: int = 1) -> dict:
+    """A ``dataset.json`` for :func:`synthetic_plans`: ``input_channels`` inputs, ``num_classes`` labels incl.
+    background."""
+    return {"channel_names": {str(i): f"channel{i}" for i in range(int(input_channels))},
+            "labels": {"background": 0, **{f"class{i}": i for i in range(1, int(num_classes))}},
+            "numTraining": int(cases), "file_ending": ".nii.gz"}

@@ -35,6 +35,9 @@ class ArchEntry:
         paper: short citation.
         downsamplings: how many down-samplings the network has (None: as many as the plan).
         stride_rule: how the plan's total stride is spread over them.
+        paper_network: a published network (benchmarked, gpu-checked, planned in the example, run by
+            the paper-network tests); False for helpers such as the spine's small U-Net.
+        uses_scan: its blocks call the selective scan (:func:`nnunet_ext.ops.selective_scan`).
     """
 
     name: str
@@ -44,6 +47,8 @@ class ArchEntry:
     paper: str
     downsamplings: int | None
     stride_rule: StrideRule
+    paper_network: bool = True
+    uses_scan: bool = False
 
     def strides(self, spec: PlanSpec) -> Strides:
         """The network's down-sampling strides for ``spec``, shallowest first."""
@@ -70,23 +75,35 @@ _REGISTRY: dict[str, ArchEntry] = {}
 
 
 def register_architecture(name: str, *, trainer: str, title: str, paper: str, downsamplings: int | None,
-                          stride_rule: StrideRule):
+                          stride_rule: StrideRule, paper_network: bool = True, uses_scan: bool = False):
     """Decorator: register a network class (built by its ``from_plan``) or a function
     ``builder(spec, strides, input_channels, num_classes, deep_supervision)``; ``strides`` are
-    ``stride_rule(spec, downsamplings)``."""
+    ``stride_rule(spec, downsamplings)``. ``trainer`` names the nnU-Net trainer class that trains it
+    (defined in :mod:`nnunet_ext.trainers.networks`); the flags are :class:`ArchEntry`'s."""
 
     def deco(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"architecture '{name}' is registered twice")
         make = builder.from_plan if isinstance(builder, type) else builder
-        _REGISTRY[name] = ArchEntry(name, make, trainer, title, paper, downsamplings, stride_rule)
+        if any(e.trainer == trainer for e in _REGISTRY.values()):
+            raise ValueError(f"trainer '{trainer}' is registered for two architectures")
+        _REGISTRY[name] = ArchEntry(name, make, trainer, title, paper, downsamplings, stride_rule,
+                                    bool(paper_network), bool(uses_scan))
         return builder
 
     return deco
 
 
-def available_architectures() -> list[str]:
-    return sorted(_REGISTRY)
+def available_architectures(*, paper_network: bool | None = None, uses_scan: bool | None = None) -> list[str]:
+    """Registered names, sorted; a flag given keeps only the entries with that value of it."""
+    return sorted(n for n, e in _REGISTRY.items()
+                  if (paper_network is None or e.paper_network == paper_network)
+                  and (uses_scan is None or e.uses_scan == uses_scan))
+
+
+def architecture_of_trainer(trainer: str) -> str | None:
+    """The registered architecture that trainer class name ``trainer`` trains, or None."""
+    return next((n for n, e in _REGISTRY.items() if e.trainer == trainer), None)
 
 
 def get_architecture(name: str) -> ArchEntry:

@@ -110,7 +110,7 @@ class SegMambaDecoder(nn.Module):
     "segmamba", trainer="SegMambaTrainer", title="SegMamba",
     paper="Xing et al., SegMamba: Long-range Sequential Modeling Mamba for 3D Medical Image Segmentation, "
           "MICCAI 2024",
-    downsamplings=4, stride_rule=stem_first_strides)
+    downsamplings=4, stride_rule=stem_first_strides, uses_scan=True)
 class SegMamba(ExtNetwork):
     """SegMamba: (B, C_in, Z, Y, X) -> (B, K, Z, Y, X) logits, or with ``deep_supervision`` a list
     of 4 (input resolution, then after the first 1, 2 and 3 down-samplings).

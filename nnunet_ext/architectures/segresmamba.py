@@ -115,7 +115,7 @@ class SegResMambaDecoder(nn.Module):
 @register_architecture("segresmamba", trainer="SegResMambaTrainer", title="SegResMamba",
                        paper="Das et al., SegResMamba: An Efficient Architecture for 3D Medical Image "
                              "Segmentation, MIDL 2025",
-                       downsamplings=3, stride_rule=deepest_first_strides)
+                       downsamplings=3, stride_rule=deepest_first_strides, uses_scan=True)
 class SegResMamba(ExtNetwork):
     """SegResMamba: (B, C_in, Z, Y, X) -> (B, K, Z, Y, X) logits, or with deep supervision a list
     of ``len(widths) - 1`` logits at strides 1, strides[0], strides[0] * strides[1], ...

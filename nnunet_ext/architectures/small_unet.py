@@ -52,7 +52,7 @@ class SmallUNet(ExtNetwork):
 
 @register_architecture("small_unet", trainer="SmallUNetTrainer", title="Small plain U-Net",
                        paper="nnU-Net's plain U-Net at a quarter width (Isensee et al., Nat. Methods 2021)",
-                       downsamplings=None, stride_rule=plan_strides)
+                       downsamplings=None, stride_rule=plan_strides, paper_network=False)
 def build_small_unet(spec: PlanSpec, strides: Strides, input_channels: int, num_classes: int,
                      deep_supervision: bool, **network_kwargs) -> SmallUNet:
     planned = spec.features_per_stage or tuple(32 * 2 ** i for i in range(len(strides)))

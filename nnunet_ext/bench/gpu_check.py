@@ -17,13 +17,13 @@ Sections of the report (:func:`run_check`; each is a list of rows in the JSON):
 - ``triton_compile``: every Triton scan kernel specialisation compiled for this GPU's architecture
   (:func:`nnunet_ext.bench.triton_compile.gpu_check_rows`: registers, spills, shared memory per
   kernel x N, with the driver's counts of the loaded kernel); ``skipped`` in the dry run.
-- ``networks``: each paper network built by its own nnU-Net trainer (the trainer class comes from
-  the caller: measuring does not import the trainers) from a plan of ``patch`` with ``input_channels``
+- ``networks``: each paper network (the registry's ``paper_network`` flag) built by its own nnU-Net
+  trainer (:func:`nnunet_ext.trainers.step.step_trainer`) from the synthetic plan of ``patch`` with ``input_channels``
   and ``num_classes``. Inference first (eval mode, full-resolution output, one patch, ``no_grad`` under
   autocast): seconds per patch and peak memory. Then ``steps`` training steps with the trainer's
   own loss (nnU-Net's DC+CE with deep supervision; MISSU's adds its self-distillation term),
-  optimizer (SGD, momentum 0.99, Nesterov) and AMP -- on CUDA the trainer's own ``train_step``
-  (autocast float16 + GradScaler), in the CPU dry run the same step under bfloat16 autocast:
+  optimizer (SGD, momentum 0.99, Nesterov) and AMP: the trainer's own ``train_step`` -- on CUDA
+  autocast float16 + GradScaler, in the CPU dry run under bfloat16 autocast:
   seconds per step (median after the warm-up steps) and peak memory. Memory is the peak above the
   usage before the trainer was built (weights included): on CUDA ``torch.cuda.max_memory_allocated``
   (tensors only; ``torch.cuda.max_memory_reserved`` is in the JSON), on CPU the peak resident set.
@@ -34,7 +34,7 @@ Sections of the report (:func:`run_check`; each is a list of rows in the JSON):
 - ``amp_training``: the same steps judged: every loss finite, every parameter finite afterwards,
   and not every step skipped by the GradScaler (a skipped step is one whose scale went down).
 
-Torch.compile is off for all trainers here (``nnUNet_compile=f``): compiling would take most of the
+Torch.compile is off for all trainers here: compiling would take most of the
 time budget. The run stops starting new measurements once ``budget_s`` seconds have passed; what
 it leaves out is a ``skipped`` row.
 """
@@ -44,30 +44,22 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.metadata
-import io
 import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from nnunet_ext.architectures import PlanSpec, get_architecture
+from nnunet_ext.architectures import get_architecture
 from nnunet_ext.bench.memory import PeakMemory
 from nnunet_ext.ops import backends, selective_scan
 from nnunet_ext.ops.reference import selective_scan_sequential
 
-#: the papers' networks (registry names), the Mamba ones first
-PAPER_NETWORKS = ("segmamba", "segresmamba", "unetr_pp", "missu")
-#: networks whose blocks call the selective scan
-SCAN_NETWORKS = ("segmamba", "segresmamba")
 #: published GPU memory, in MB as printed by the paper
 PAPER_MEMORY_MB = {"segmamba": {"train": 17976, "infer": 6279, "source": "Xing et al. 2024, Table 5"}}
 #: largest error (relative to the reference's largest magnitude) a scan back-end may have
@@ -108,18 +100,27 @@ DRY_RUN = Sizes(device="cpu", amp_dtype="bfloat16", patch=(16, 16, 16), batch=2,
                 scan_repeats=1)
 
 
-def run_check(trainer_for: Callable[[str], type], dry_run: bool = False, networks: Sequence[str] | None = None,
+def paper_networks() -> list[str]:
+    """The registry's paper networks, those that call the selective scan first."""
+    from nnunet_ext.architectures import available_architectures
+
+    return sorted(available_architectures(paper_network=True), key=lambda a: not get_architecture(a).uses_scan)
+
+
+def run_check(trainer_for: Callable[[str], type] | None = None, dry_run: bool = False,
+              networks: Sequence[str] | None = None,
               budget_s: float | None = None, progress: Callable[[str, dict], None] | None = None) -> dict:
     """Run every section; returns the report (JSON-ready).
 
-    ``trainer_for(arch)`` gives the nnU-Net trainer class that trains registry network ``arch``.
+    ``trainer_for(arch)`` gives the nnU-Net trainer class that trains registry network ``arch`` (default:
+    :func:`nnunet_ext.trainers.step.trainer_of`); ``networks`` default to :func:`paper_networks`.
     ``progress(section, row)`` is called after each row. Raises ``RuntimeError`` when the full
     check is asked for without a CUDA device.
     """
     sizes = DRY_RUN if dry_run else FULL
     if sizes.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("torch sees no CUDA device; run the check with dry_run=True or on a GPU machine")
-    networks = tuple(networks or PAPER_NETWORKS)
+    networks = tuple(networks or paper_networks())
     budget_s = (None if dry_run else BUDGET_S) if budget_s is None else budget_s
     start = time.perf_counter()
 
@@ -146,16 +147,15 @@ def run_check(trainer_for: Callable[[str], type], dry_run: bool = False, network
         from nnunet_ext.bench import triton_compile  # every Triton kernel compiled for this GPU's architecture
         for row in triton_compile.gpu_check_rows(sizes.device):
             emit("triton_compile", row)
-        with tempfile.TemporaryDirectory(prefix="nnunet_ext_gpu_check_") as work:
-            for arch in networks:
-                why = over_budget()
-                if why:
-                    emit("networks", {"arch": arch, "status": "skipped", "reason": why})
-                    emit("amp_training", {"arch": arch, "status": "skipped", "reason": why})
-                    continue
-                net_row, amp_row = network_rows(arch, sizes, trainer_for, Path(work))
-                emit("networks", net_row)
-                emit("amp_training", amp_row)
+        for arch in networks:
+            why = over_budget()
+            if why:
+                emit("networks", {"arch": arch, "status": "skipped", "reason": why})
+                emit("amp_training", {"arch": arch, "status": "skipped", "reason": why})
+                continue
+            net_row, amp_row = network_rows(arch, sizes, trainer_for)
+            emit("networks", net_row)
+            emit("amp_training", amp_row)
     finally:
         torch.backends.cudnn.benchmark = cudnn
     report["elapsed_s"] = time.perf_counter() - start
@@ -204,7 +204,7 @@ def backend_choice(device: str) -> list[dict]:
                     row.update(chosen=None, status="fail", reason=str(e))
             slow = [str(w.message) for w in seen if issubclass(w.category, backends.SlowBackendWarning)]
             if "reason" not in row and row["chosen"] == "triton" and requested == "auto":
-                why = backends._probe_cuda_call(op, None)
+                why = backends.why_unavailable("cuda", op=op)
                 row["reason"] = ("our Triton kernel runs; mamba-ssm's kernel (faster) cannot: "
                                  f"{why.reason}. Fix: {why.fix}" if why is not None else "our Triton kernel runs")
             if "reason" not in row:
@@ -343,80 +343,13 @@ def _unavailable(name: str, device: str) -> str | None:
 # the networks, through their own trainers
 # ---------------------------------------------------------------------------------------------
 
-DATASET = "Dataset999_GpuCheck"
-
-
-def _plans(spec: PlanSpec, batch: int) -> dict:
-    """An nnU-Net plans dict with one ``3d_fullres`` configuration of ``spec``."""
-    n = len(spec.strides)
-    configuration = {
-        "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": batch, "patch_size": list(spec.patch_size), "median_image_size_in_voxels": list(spec.patch_size),
-        "spacing": list(spec.spacing), "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
-        "batch_dice": False,
-        "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                         "_kw_requires_import": [],
-                         "arch_kwargs": {"n_stages": n, "strides": [list(s) for s in spec.strides],
-                                         "features_per_stage": [min(32 * 2 ** i, 320) for i in range(n)]}}}
-    return {"dataset_name": DATASET, "plans_name": "nnUNetPlans", "continue_training": False,
-            "original_median_spacing_after_transp": list(spec.spacing),
-            "original_median_shape_after_transp": list(spec.patch_size), "image_reader_writer": "SimpleITKIO",
-            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "configurations": {"3d_fullres": configuration}, "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {}}
-
-
-@contextlib.contextmanager
-def _environ(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def make_trainer(cls: type, spec: PlanSpec, sizes: Sizes, work: Path):
-    """An initialised trainer ``cls`` for ``spec`` (nnU-Net's folders in ``work``; its console
-    output swallowed)."""
-    data = work / "preprocessed" / DATASET / "nnUNetPlans_3d_fullres"
-    data.mkdir(parents=True, exist_ok=True)
-    (data / "case.b2nd").touch()  # nnU-Net infers its dataset class from the files it finds
-    dataset_json = {"channel_names": {str(i): f"channel{i}" for i in range(sizes.input_channels)},
-                    "labels": {"background": 0, **{f"class{i}": i for i in range(1, sizes.num_classes)}},
-                    "numTraining": 1, "file_ending": ".nii.gz"}
-    with _environ(nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
-                  nnUNet_results=str(work / "results"), nnUNet_compile="f"), \
-            contextlib.redirect_stdout(io.StringIO()):
-        trainer = cls(_plans(spec, sizes.batch), "3d_fullres", 0, dataset_json, torch.device(sizes.device))
-        trainer.initialize()
-    return trainer
-
-
-def _targets(seg: torch.Tensor, scales) -> list[torch.Tensor]:
-    """The segmentation at each deep-supervision scale (nearest), as nnU-Net's loader gives it."""
-    return [F.interpolate(seg, size=[round(p * s) for p, s in zip(seg.shape[2:], scale)], mode="nearest")
-            for scale in scales]
-
-
 def _step(trainer, batch: dict, sizes: Sizes) -> float:
-    """One training step; returns the loss. CUDA: nnU-Net's own ``train_step`` (autocast float16 +
-    GradScaler). CPU: the same step under CPU autocast in ``sizes.amp_dtype`` (nnU-Net itself
+    """One step of the trainer's own ``train_step``; returns the loss. CUDA: as nnU-Net runs it
+    (autocast float16 + GradScaler). CPU: under CPU autocast in ``sizes.amp_dtype`` (nnU-Net itself
     trains in float32 on the CPU)."""
-    if sizes.device == "cuda":
+    with torch.autocast("cpu", dtype=getattr(torch, sizes.amp_dtype)) if sizes.device == "cpu" \
+            else contextlib.nullcontext():
         return float(trainer.train_step(batch)["loss"])
-    net, opt = trainer.network, trainer.optimizer
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=getattr(torch, sizes.amp_dtype)):
-        loss = trainer.loss(net(batch["data"]), batch["target"])
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
-    opt.step()
-    return float(loss.detach())
 
 
 def _free(device) -> None:
@@ -435,8 +368,13 @@ def estimated_training_mib(trainer, batch: int) -> float:
     return estimate.total / _MIB
 
 
-def network_rows(arch: str, sizes: Sizes, trainer_for: Callable[[str], type], work: Path) -> tuple[dict, dict]:
-    """(``networks`` row, ``amp_training`` row) of one network."""
+def network_rows(arch: str, sizes: Sizes, trainer_for: Callable[[str], type] | None = None) -> tuple[dict, dict]:
+    """(``networks`` row, ``amp_training`` row) of one network, trained by ``trainer_for(arch)``
+    (default its registered trainer) set up by :func:`nnunet_ext.trainers.step.step_trainer` from
+    the synthetic plan of ``sizes.patch``."""
+    from nnunet_ext.architectures.plans import synthetic_dataset_json, synthetic_plans
+    from nnunet_ext.trainers.step import step_trainer, synthetic_batch, trainer_of
+
     dev = torch.device(sizes.device)
     cuda = dev.type == "cuda"
     amp = getattr(torch, sizes.amp_dtype)
@@ -448,12 +386,13 @@ def network_rows(arch: str, sizes: Sizes, trainer_for: Callable[[str], type], wo
     trainer = batch = None
     start = time.perf_counter()
     try:
-        if arch in SCAN_NETWORKS:
+        if get_architecture(arch).uses_scan:
             row["scan_backend"] = backends.resolve_backend(dev)
         _free(dev)
         memory = PeakMemory(dev)
-        spec = PlanSpec.from_patch(sizes.patch)
-        trainer = make_trainer(trainer_for(arch), spec, sizes, work / arch)
+        plans = synthetic_plans(sizes.patch, batch_size=sizes.batch, input_channels=sizes.input_channels)
+        trainer = step_trainer((trainer_for or trainer_of)(arch), plans,
+                               synthetic_dataset_json(sizes.input_channels, sizes.num_classes), dev)
         net = trainer.network
         row["params"] = sum(p.numel() for p in net.parameters())
 
@@ -474,10 +413,7 @@ def network_rows(arch: str, sizes: Sizes, trainer_for: Callable[[str], type], wo
         # training: the trainer's loss and optimizer, nnU-Net's AMP step
         net.train()
         trainer.set_deep_supervision_enabled(True)
-        g = torch.Generator().manual_seed(0)
-        seg = torch.randint(0, sizes.num_classes, (sizes.batch, 1, *sizes.patch), generator=g).float()
-        batch = {"data": torch.randn(sizes.batch, sizes.input_channels, *sizes.patch, generator=g).to(dev),
-                 "target": [t.to(dev) for t in _targets(seg, trainer._get_deep_supervision_scales())]}
+        batch = synthetic_batch(trainer, sizes.batch)
         memory.reset()
         losses, times, skipped = [], [], 0
         scaler = trainer.grad_scaler

@@ -1,12 +1,12 @@
 """Estimated vs measured peak training memory (``nnunet-ext benchmark --memory-check``).
 
-For each network, on the plan nnU-Net's planner makes for the patch (:meth:`PlanSpec.from_patch`,
-nnU-Net's default architecture entry :func:`~nnunet_ext.bench.networks.nnunet_arch_kwargs`):
+For each network, on the plan nnU-Net's planner makes for the patch
+(:func:`~nnunet_ext.architectures.plans.synthetic_plans`):
 
 - ``estimate_mib``: :func:`nnunet_ext.planning.estimate.estimate_training_memory` in float32 with
   the fused CPU scan's memory profile (what a CPU run does), computed on fake tensors;
-- ``measured_mib``: the peak memory of real training steps of the same trainer's network, loss and
-  optimizer (:func:`nnunet_ext.planning.estimate.train_step`) in a fresh interpreter
+- ``measured_mib``: the peak memory of real training steps of the same trainer (its own
+  ``train_step``, :mod:`nnunet_ext.trainers.step`) in a fresh interpreter
   (:func:`~nnunet_ext.bench.harness.run_isolated`), above the worker's usage before the network is
   built (:class:`~nnunet_ext.bench.memory.PeakMemory`: CPU peak resident set), over the steps after
   the first (which allocates the momentum), after two warm-up steps on a small plan (imports,
@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from nnunet_ext.bench.harness import run_isolated
 from nnunet_ext.bench.memory import PeakMemory
-from nnunet_ext.bench.networks import NNUNET, network_title
+from nnunet_ext.bench.networks import network_title
 
 _MIB = 2 ** 20
 #: the plan of the warm-up steps before the baseline
@@ -29,42 +29,15 @@ _WARMUP_PATCH = (16, 16, 16)
 #: glibc malloc: serve every allocation from 64 KiB up by mmap and return it on free, so the resident
 #: set follows the live tensors (otherwise freed heap memory stays resident and counts as peak)
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-#: the trainer of nnU-Net's own network
-NNUNET_TRAINER = "nnUNetTrainer"
 
 
-def trainer_of(arch: str) -> str:
-    """The trainer that trains registered architecture ``arch`` (``nnunet``: nnU-Net's own)."""
-    from nnunet_ext.architectures import get_architecture
+def _setting(patch_size: Sequence[int], input_channels: int, num_classes: int, batch: int,
+             spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> tuple[dict, dict]:
+    """(plans, dataset.json) of the synthetic ``3d_fullres`` plan of this patch and batch."""
+    from nnunet_ext.architectures.plans import synthetic_dataset_json, synthetic_plans
 
-    return NNUNET_TRAINER if arch in (NNUNET, NNUNET_TRAINER) \
-        else get_architecture(arch).trainer
-
-
-def plans_for_patch(patch_size: Sequence[int], input_channels: int, num_classes: int, batch: int,
-                    spacing: Sequence[float] = (1.0, 1.0, 1.0)):
-    """``(plans_manager, configuration_manager, dataset_json)`` of a ``3d_fullres`` plan with this
-    patch and batch and nnU-Net's default architecture entry for it."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnunet_ext.bench.networks import nnunet_arch_kwargs
-
-    architecture = nnunet_arch_kwargs(patch_size, spacing)
-    configuration = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-                     "batch_size": int(batch), "patch_size": list(patch_size),
-                     "median_image_size_in_voxels": list(patch_size), "spacing": list(spacing),
-                     "normalization_schemes": ["ZScoreNormalization"] * input_channels,
-                     "use_mask_for_norm": [False] * input_channels, "batch_dice": False, "architecture": architecture}
-    plans = {"dataset_name": "Dataset999_MemoryCheck", "plans_name": "nnUNetPlans",
-             "original_median_spacing_after_transp": list(spacing), "transpose_forward": [0, 1, 2],
-             "transpose_backward": [0, 1, 2], "image_reader_writer": "SimpleITKIO",
-             "configurations": {"3d_fullres": configuration}, "label_manager": "LabelManager",
-             "foreground_intensity_properties_per_channel": {}}
-    dataset_json = {"channel_names": {str(i): f"c{i}" for i in range(input_channels)},
-                    "labels": {"background": 0, **{f"l{i}": i for i in range(1, num_classes)}},
-                    "numTraining": 10, "file_ending": ".nii.gz"}
-    pm = PlansManager(plans)
-    return pm, pm.get_configuration("3d_fullres"), dataset_json
+    return (synthetic_plans(patch_size, spacing, batch_size=batch, input_channels=input_channels),
+            synthetic_dataset_json(input_channels, num_classes))
 
 
 def measure_train_peak(trainer: str, patch_size: Sequence[int], input_channels: int = 1, num_classes: int = 2,
@@ -74,41 +47,36 @@ def measure_train_peak(trainer: str, patch_size: Sequence[int], input_channels: 
 
     import torch
 
-    from nnunet_ext.planning.estimate import resolve_trainer
+    from nnunet_ext.trainers.step import trainer_class
 
-    cls = resolve_trainer(trainer)
+    cls = trainer_class(trainer)
     # one-off costs before the baseline (lazy imports, conv libraries, the scan kernels' compilation):
     # two steps of the same trainer on a small plan
-    warm = plans_for_patch(_WARMUP_PATCH, input_channels, num_classes, 1)
-    _steps(cls, *warm, batch=1, steps=2, num_classes=num_classes)
+    _steps(cls, *_setting(_WARMUP_PATCH, input_channels, num_classes, 1), batch=1, steps=2)
     gc.collect()
-    pm, cm, dataset_json = plans_for_patch(patch_size, input_channels, num_classes, batch, spacing)
+    plans, dataset_json = _setting(patch_size, input_channels, num_classes, batch, spacing)
     memory = PeakMemory("cpu")
-    peak = _steps(cls, pm, cm, dataset_json, batch, steps, num_classes, memory)
+    peak = _steps(cls, plans, dataset_json, batch, steps, memory)
     return {"trainer": trainer, "patch_size": list(patch_size), "batch": batch, "measured_mib": peak / _MIB,
             "threads": torch.get_num_threads()}
 
 
-def _steps(cls, pm, cm, dataset_json, batch: int, steps: int, num_classes: int, memory: PeakMemory | None = None) -> int:
-    """Build the trainer's network, loss and optimizer and run ``max(2, steps)`` float32 train steps;
-    returns the peak above ``memory``'s baseline over the steps after the first (0 without ``memory``)."""
+def _steps(cls, plans: dict, dataset_json: dict, batch: int, steps: int, memory: PeakMemory | None = None) -> int:
+    """Set up the trainer (:func:`~nnunet_ext.trainers.step.step_trainer`) and run ``max(2, steps)`` of its
+    float32 train steps on the CPU; returns the peak above ``memory``'s baseline over the steps after
+    the first (0 without ``memory``)."""
     import torch
 
-    from nnunet_ext.planning.estimate import build_loss, build_network, input_channels, make_optimizer, train_step
+    from nnunet_ext.trainers.step import step_trainer, synthetic_batch
 
     torch.manual_seed(0)
-    network = build_network(cls, pm, cm, dataset_json)
-    network.train()
-    loss = build_loss(cls, network, pm, cm, dataset_json)
-    optimizer = make_optimizer(network, "fp32")
-    data = torch.randn(batch, input_channels(pm, cm, dataset_json), *cm.patch_size)
-    targets, peak = None, 0
+    trainer = step_trainer(cls, plans, dataset_json, "cpu")
+    data = synthetic_batch(trainer, batch)
+    peak = 0
     for step in range(max(2, steps)):
         if memory is not None and step >= 1:
             memory.reset()
-        targets = train_step(network, loss, optimizer, data, targets, "fp32")
-        if step == 0:
-            targets = [t.random_(0, num_classes) for t in targets]
+        trainer.train_step(data)
         if memory is not None and step >= 1:
             peak = max(peak, memory.above_baseline())
     return peak
@@ -118,10 +86,16 @@ def estimate_train_peak(trainer: str, patch_size: Sequence[int], input_channels:
                         batch: int = 1, threads: int = 1, spacing: Sequence[float] = (1.0, 1.0, 1.0),
                         precision: str = "fp32") -> dict:
     """:func:`~nnunet_ext.planning.estimate.estimate_training_memory` of the same setting."""
-    from nnunet_ext.planning.estimate import estimate_training_memory, resolve_trainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    pm, cm, dataset_json = plans_for_patch(patch_size, input_channels, num_classes, batch, spacing)
-    e = estimate_training_memory(resolve_trainer(trainer), pm, cm, dataset_json, batch, precision, threads=threads)
+    from nnunet_ext.architectures.plans import CONFIGURATION
+    from nnunet_ext.planning.estimate import estimate_training_memory
+    from nnunet_ext.trainers.step import trainer_class
+
+    plans, dataset_json = _setting(patch_size, input_channels, num_classes, batch, spacing)
+    pm = PlansManager(plans)
+    e = estimate_training_memory(trainer_class(trainer), pm, pm.get_configuration(CONFIGURATION), dataset_json,
+                                 batch, precision, threads=threads)
     return {"estimate_mib": e.total / _MIB, "estimate": e.as_dict()}
 
 
@@ -129,9 +103,11 @@ def memory_check(archs: Sequence[str], patches: Sequence[Sequence[int]], input_c
                  batch: int = 1, threads: int = 1, timeout: float | None = None,
                  on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """One row per network and patch: estimate, measurement (fresh process) and their ratio."""
+    from nnunet_ext.trainers.step import trainer_of
+
     rows = []
     for arch in archs:
-        trainer = trainer_of(arch)
+        trainer = trainer_of(arch).__name__
         for patch in patches:
             row = {"arch": arch, "trainer": trainer, "patch_size": list(patch), "batch": batch}
             try:
@@ -181,31 +157,3 @@ def format_memory_table(rows: Sequence[dict]) -> str:
             lines.append(f"| {network_title(r['arch'])} | {patch} | {r['batch']} | {r['estimate_mib']:.0f} | "
                          f"{r['measured_mib']:.0f} | {r['ratio']:.2f} |")
     return "\n".join(lines)
-
-
-def run_memory_check(args) -> int:
-    """``nnunet-ext benchmark --memory-check Z Y X [...]``: print :func:`format_memory_table` (or JSON)."""
-    import json
-    import sys
-
-    import torch
-
-    from nnunet_ext.bench.networks import default_architectures
-
-    for patch in args.memory_check:
-        if any(p < 1 for p in patch):
-            raise SystemExit(f"nnunet-ext benchmark: --memory-check takes voxel counts >= 1 (z y x), got "
-                             f"{' '.join(map(str, patch))}")
-    archs = [NNUNET, *(a for a in (args.archs or default_architectures()) if a != NNUNET)]
-    threads = args.threads or torch.get_num_threads()
-    rows = memory_check(archs, [tuple(p) for p in args.memory_check], args.input_channels, args.num_classes, args.batch,
-                        threads, args.timeout,
-                        on_row=lambda r: print(format_memory_table([r]).splitlines()[-1], file=sys.stderr,
-                                               flush=True))
-    if args.json:
-        print(json.dumps({"rows": rows}))
-    else:
-        print(f"float32 training on the CPU, {threads} thread(s); estimate: nnunet_ext.planning (fake tensors), "
-              f"measured: peak resident memory of real steps in a fresh process\n")
-        print(format_memory_table(rows))
-    return 0

@@ -4,10 +4,10 @@ For each network, on the plan nnU-Net's planner derives for the patch (:meth:`Pl
 
 - ``params``: parameters (``params_inference`` leaves out training-only modules);
 - ``macs``: multiply-accumulates of one forward of one patch (:mod:`nnunet_ext.bench.counts`);
-- ``train_s``: seconds per training iteration as nnU-Net's ``train_step`` does it: forward with
-  deep supervision, nnU-Net's DC+CE loss over the outputs (weights 1/2^i, the lowest output's 0),
-  backward, gradient clipping at 12, SGD (lr 1e-2, momentum 0.99, Nesterov, weight decay 3e-5);
-  autocast + GradScaler on CUDA, plain fp32 on CPU, as nnU-Net;
+- ``train_s``: seconds per training iteration of the network's own trainer: its ``train_step``
+  (:mod:`nnunet_ext.trainers.step`; nnU-Net's step with the trainer's loss -- deep-supervision
+  weights, MISSU's self-distillation -- gradient clipping at 12 and SGD) on a batch as nnU-Net's
+  loader delivers it; autocast + GradScaler on CUDA, plain fp32 on CPU, as nnU-Net;
 - ``infer_s``: seconds per patch at inference (eval mode, no deep supervision, ``no_grad``, one
   patch at a time as nnU-Net's sliding window; autocast on CUDA);
 - ``peak_train_mib`` / ``peak_infer_mib``: peak memory of each phase above the worker's usage
@@ -21,11 +21,13 @@ Times are the mean of ``repeats`` calls timed by ``torch.utils.benchmark.Timer``
 warm-up calls and ``warmup`` more (:func:`~nnunet_ext.bench.harness.seconds_per_call`). Each
 network is measured in a fresh interpreter (:func:`~nnunet_ext.bench.harness.run_isolated`), so
 memory peaks and allocator caches do not leak from one network into the next; a network that
-fails (plan not divisible, out of memory) gets a row with ``error`` instead of numbers. Adding a network needs nothing here: every
-registered architecture except ``small_unet`` is benchmarked by default.
+fails (plan not divisible, out of memory) gets a row with ``error`` instead of numbers. Adding a
+network needs nothing here: every registered paper network is benchmarked by default.
 
-nnU-Net's network (:data:`NNUNET`) is built by nnU-Net's own ``get_network_from_plans`` with the
-``arch_kwargs`` its default ``ExperimentPlanner`` writes into ``nnUNetPlans.json`` for that patch.
+Every network is built by its trainer from one synthetic plan
+(:func:`~nnunet_ext.architectures.plans.synthetic_plans`); nnU-Net's network (:data:`NNUNET`, trained
+by ``nnUNetTrainer``) from the ``architecture`` entry nnU-Net's default ``ExperimentPlanner`` writes
+for that patch.
 """
 
 from __future__ import annotations
@@ -40,84 +42,35 @@ from nnunet_ext.bench.memory import PeakMemory
 #: in the rows, and its title in tables and progress lines
 NNUNET = "nnunet"
 NNUNET_TITLE = "nnU-Net (PlainConvUNet)"
-#: registered networks left out by default (the spine's test network)
-DEFAULT_EXCLUDE = ("small_unet",)
 #: what each row carries when the network ran
 ROW_KEYS = ("arch", "params", "params_inference", "macs", "train_s", "infer_s", "peak_train_mib",
             "peak_infer_mib", "strides", "device", "device_name", "threads")
 _MIB = 2 ** 20
 
-# nnU-Net's default ExperimentPlanner (experiment_planners/default_experiment_planner.py, 3D):
-# UNet_base_num_features, UNet_max_features_3d, UNet_blocks_per_stage_encoder/_decoder
-_NNUNET_BASE_FEATURES, _NNUNET_MAX_FEATURES, _NNUNET_CONVS_PER_STAGE = 32, 320, 2
 
+def _setting(name: str, spec, input_channels: int, num_classes: int, batch: int = 2):
+    """(trainer class, plans manager, configuration manager, dataset.json) of ``name`` at ``spec``."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-def nnunet_arch_kwargs(patch_size: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
-    """The ``architecture`` entry nnU-Net's default planner writes for a 3D patch and spacing.
+    from nnunet_ext.architectures.plans import CONFIGURATION, synthetic_dataset_json, synthetic_plans
+    from nnunet_ext.trainers.step import trainer_of
 
-    Strides and kernel sizes come from nnU-Net's own topology function (the one
-    :meth:`PlanSpec.from_patch` uses); widths double from 32 up to 320; two convolutions per stage.
-    """
-    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-
-    _, strides, kernels, _, _ = get_pool_and_conv_props(list(spacing), list(patch_size), 4, 999999)
-    n = len(strides)
-    return {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {
-            "n_stages": n,
-            "features_per_stage": [min(_NNUNET_MAX_FEATURES, _NNUNET_BASE_FEATURES * 2 ** i) for i in range(n)],
-            "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [list(k) for k in kernels],
-            "strides": [list(s) for s in strides],
-            "n_conv_per_stage": [_NNUNET_CONVS_PER_STAGE] * n,
-            "n_conv_per_stage_decoder": [_NNUNET_CONVS_PER_STAGE] * (n - 1),
-            "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-            "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-            "dropout_op": None, "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
-        },
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-    }
+    baseline = name == NNUNET
+    if baseline:
+        spec.check_divisible(spec.total_stride, NNUNET_TITLE)
+    pm = PlansManager(synthetic_plans(spec.patch_size, spec.spacing, strides=spec.strides, batch_size=batch,
+                                      input_channels=input_channels))
+    return (trainer_of(name), pm, pm.get_configuration(CONFIGURATION),
+            synthetic_dataset_json(input_channels, num_classes))
 
 
 def build_benchmark_network(name: str, spec, input_channels: int, num_classes: int, deep_supervision: bool = True):
-    """``name`` is :data:`NNUNET` or a registered architecture."""
-    from nnunet_ext.architectures import build_network
+    """``name``'s network (:data:`NNUNET` or a registered architecture) for ``spec``,
+    built by its trainer from the synthetic plan, on the current default device."""
+    from nnunet_ext.trainers.step import build_network
 
-    if name == NNUNET:
-        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-        spec.check_divisible(spec.total_stride, NNUNET_TITLE)
-        a = nnunet_arch_kwargs(spec.patch_size, spec.spacing)
-        return get_network_from_plans(a["network_class_name"], a["arch_kwargs"], a["_kw_requires_import"],
-                                      input_channels, num_classes, allow_init=True, deep_supervision=deep_supervision)
-    return build_network(name, spec, input_channels, num_classes, deep_supervision)
-
-
-def _set_deep_supervision(net, enabled: bool) -> None:
-    """Our networks expose ``deep_supervision``; nnU-Net's U-Nets keep it on ``decoder``."""
-    if hasattr(net, "deep_supervision"):
-        net.deep_supervision = enabled
-    decoder = getattr(net, "decoder", None)
-    if decoder is not None and hasattr(decoder, "deep_supervision"):
-        decoder.deep_supervision = enabled
-
-
-def _nnunet_loss(n_outputs: int):
-    """nnU-Net's ``_build_loss`` for label (not region) training with deep supervision."""
-    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-
-    loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                          weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
-    weights = [1 / 2 ** i for i in range(n_outputs)]
-    if n_outputs > 1:
-        weights[-1] = 0.0
-    total = sum(weights)
-    return DeepSupervisionWrapper(loss, [w / total for w in weights])
+    cls, pm, cm, dataset_json = _setting(name, spec, input_channels, num_classes)
+    return build_network(cls, pm, cm, dataset_json, deep_supervision)
 
 
 def measure(name: str, patch_size: Sequence[int], input_channels: int = 1, num_classes: int = 2, batch: int = 1,
@@ -132,6 +85,7 @@ def measure(name: str, patch_size: Sequence[int], input_channels: int = 1, num_c
 
     from nnunet_ext.architectures import PlanSpec
     from nnunet_ext.bench.counts import count_macs, count_parameters
+    from nnunet_ext.trainers.step import step_trainer, synthetic_batch
 
     spec = PlanSpec.from_patch(patch_size, spacing)
     dev = torch.device(device)
@@ -154,11 +108,13 @@ def measure(name: str, patch_size: Sequence[int], input_channels: int = 1, num_c
     def autocast():
         return torch.autocast("cuda", enabled=True) if cuda else torch.autocast("cpu", enabled=False)
 
-    net = build_benchmark_network(name, spec, input_channels, num_classes, deep_supervision=True).to(dev)
+    cls, pm, _, dataset_json = _setting(name, spec, input_channels, num_classes, batch)
+    trainer = step_trainer(cls, pm, dataset_json, dev)
+    net = trainer.network
 
     # ---- inference: one patch, eval mode, no deep supervision
     net.eval()
-    _set_deep_supervision(net, False)
+    trainer.set_deep_supervision_enabled(False)
     x1 = torch.randn(1, input_channels, *spec.patch_size, device=dev)
 
     def infer():
@@ -168,34 +124,13 @@ def measure(name: str, patch_size: Sequence[int], input_channels: int = 1, num_c
     infer_s, peak_infer = phase(infer)
     x1 = None  # free the inference input before training
 
-    # ---- training: nnU-Net's train_step
+    # ---- training: the trainer's own train_step
     net.train()
-    _set_deep_supervision(net, True)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
-    scaler = torch.amp.GradScaler("cuda") if cuda else None
-    x = torch.randn(batch, input_channels, *spec.patch_size, device=dev)
-    seg = torch.randint(0, num_classes, (batch, 1, *spec.patch_size), device=dev).float()
-    state = {}
+    trainer.set_deep_supervision_enabled(True)
+    data = synthetic_batch(trainer, batch)
 
     def train_step():
-        opt.zero_grad(set_to_none=True)
-        with autocast():
-            out = net(x)
-            out = list(out) if isinstance(out, (list, tuple)) else [out]
-            if "targets" not in state:  # nnU-Net's loader down-samples the target to every output
-                state["targets"] = [F.interpolate(seg, size=o.shape[2:], mode="nearest") for o in out]
-                state["loss"] = _nnunet_loss(len(out))
-            loss = state["loss"](out, state["targets"])
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
-            opt.step()
+        trainer.train_step(data)
 
     train_s, peak_train = phase(train_step)
 
@@ -207,7 +142,7 @@ def measure(name: str, patch_size: Sequence[int], input_channels: int = 1, num_c
             meta_net = build_benchmark_network(name, spec, input_channels, num_classes, deep_supervision=False)
         macs = count_macs(meta_net, (1, input_channels, *spec.patch_size))
     except Exception:  # an op without a meta kernel: count on the real network instead
-        _set_deep_supervision(net, False)
+        trainer.set_deep_supervision_enabled(False)
         macs = count_macs(net, (1, input_channels, *spec.patch_size))
 
     return {
@@ -222,9 +157,9 @@ def measure(name: str, patch_size: Sequence[int], input_channels: int = 1, num_c
 
 
 def default_architectures() -> list[str]:
-    """Every registered architecture except :data:`DEFAULT_EXCLUDE`."""
+    """Every registered paper network (the registry's ``paper_network`` flag)."""
     from nnunet_ext.architectures import available_architectures
-    return [a for a in available_architectures() if a not in DEFAULT_EXCLUDE]
+    return available_architectures(paper_network=True)
 
 
 def benchmark(archs: Sequence[str] | None = None, patch_size: Sequence[int] = (64, 64, 64), input_channels: int = 1,

@@ -6,7 +6,8 @@ channels (``torch.randn``, as after nnU-Net's z-score normalisation) goes throug
 with tile step 0.5, gaussian weighting of overlapping tiles, float16 accumulation of the logits,
 and with ``mirroring`` nnU-Net's test-time mirroring over all three axes (the network runs on the
 tile and its 7 flips, one after another: 8 calls per tile). The network is built from a plan
-(random weights, no training): nnU-Net's default plan for ``patch_size`` gives its PlainConvUNet
+(random weights, no training) by its trainer: nnU-Net's default plan for ``patch_size``
+(:func:`~nnunet_ext.architectures.plans.synthetic_plans`) gives its PlainConvUNet
 (:func:`~nnunet_ext.bench.networks.build_benchmark_network`) and the :class:`PlanSpec` our
 networks derive their strides from.
 
@@ -35,8 +36,8 @@ from typing import Callable, Sequence
 
 from nnunet_ext.bench.harness import run_isolated_rows, seconds_once
 from nnunet_ext.bench.memory import PeakMemory, peak_rss_bytes, reset_peak_rss
-from nnunet_ext.bench.networks import (NNUNET, build_benchmark_network, default_architectures, network_title, nnunet_arch_kwargs,
-                                      ratio_suffix)
+from nnunet_ext.bench.networks import (NNUNET, build_benchmark_network, default_architectures, network_title,
+                                       ratio_suffix)
 
 #: a 1 mm brain MRI (z, y, x)
 DEFAULT_VOLUME = (160, 192, 160)
@@ -49,16 +50,6 @@ MIRRORING_CHOICES = ("off", "on", "both")
 ROW_KEYS = ("arch", "mirroring", "volume", "patch_size", "tiles", "network_calls", "wall_s", "s_per_tile",
             "peak_rss_mib", "peak_mib", "device", "threads")
 _MIB = 2 ** 20
-_CONFIGURATION = "3d_fullres"
-
-
-def prediction_plans(patch_size: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
-    """The part of an ``nnUNetPlans.json`` the predictor reads: a ``3d_fullres`` configuration of this
-    patch and spacing whose architecture is the one nnU-Net's default planner writes."""
-    return {"dataset_name": "Dataset000_Benchmark", "plans_name": "nnUNetPlans",
-            "configurations": {_CONFIGURATION: {
-                "data_identifier": f"nnUNetPlans_{_CONFIGURATION}", "patch_size": [int(p) for p in patch_size],
-                "spacing": [float(s) for s in spacing], "architecture": nnunet_arch_kwargs(patch_size, spacing)}}}
 
 
 def make_predictor(network, patch_size: Sequence[int], num_classes: int, mirroring: bool, device: str = "cpu",
@@ -70,13 +61,15 @@ def make_predictor(network, patch_size: Sequence[int], num_classes: int, mirrori
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    plans = PlansManager(prediction_plans(patch_size, spacing))
+    from nnunet_ext.architectures.plans import CONFIGURATION, synthetic_plans
+
+    plans = PlansManager(synthetic_plans(patch_size, spacing))
     dev = torch.device(device)
     predictor = nnUNetPredictor(tile_step_size=TILE_STEP, use_gaussian=True, use_mirroring=mirroring,
                                 perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                 allow_tqdm=False)
     labels = {"background": 0, **{f"class{i}": i for i in range(1, num_classes)}}
-    predictor.manual_initialization(network, plans, plans.get_configuration(_CONFIGURATION),
+    predictor.manual_initialization(network, plans, plans.get_configuration(CONFIGURATION),
                                     [{k: v.clone() for k, v in network.state_dict().items()}],
                                     {"labels": labels}, "benchmark", MIRROR_AXES)
     return predictor

@@ -122,14 +122,14 @@ def _method_fn(method: str, device: str):
             return None, "fused (ours, numba)", "CPU only"
         fn = backends.fused_scan()
         if fn is None:
-            return None, "fused (ours, numba)", backends._probe_fused()[1].reason
+            return None, "fused (ours, numba)", backends.why_unavailable("fused").reason
         return (lambda t: fn(**t, **kw)), "fused (ours, numba)", None
     if method == "cuda":
         fn = backends.mamba_ssm_scan()
         if device != "cuda":
             return None, "cuda (mamba-ssm kernel)", "CUDA only"
         if fn is None:
-            return None, "cuda (mamba-ssm kernel)", backends._probe_mamba_ssm()[1].reason
+            return None, "cuda (mamba-ssm kernel)", backends.why_unavailable("cuda", device).reason
         return (lambda t: fn(**t, **kw)), "cuda (mamba-ssm kernel)", None
     if method == "reference":
         reference = mamba_ssm_reference()

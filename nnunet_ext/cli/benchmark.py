@@ -13,7 +13,7 @@ def register(sub) -> None:
                                    "each network in a fresh subprocess. Prints a markdown table with ratios to "
                                    "nnU-Net's network.")
     p.add_argument("--archs", nargs="+", metavar="ARCH",
-                   help="networks to compare (default: every registered one but small_unet); nnU-Net's "
+                   help="networks to compare (default: every registered paper network); nnU-Net's "
                         "network is always the first row")
     p.add_argument("--patch", type=int, nargs=3, default=(64, 64, 64), metavar=("Z", "Y", "X"),
                    help="patch size (default 64 64 64, small enough for a CPU)")
@@ -62,8 +62,7 @@ def run(args) -> int:
                          f"{', '.join(available_architectures())} (nnU-Net's own network is always included)")
     _checks.scan_backend("benchmark", args.device)
     if args.memory_check:
-        from nnunet_ext.bench.memory_check import run_memory_check
-        return run_memory_check(args)
+        return _run_memory_check(args)
     for option, value, low, meaning in (("--repeats", args.repeats, 1, " (timed runs)"),
                                         ("--warmup", args.warmup, 0, ""), ("--batch", args.batch, 1, ""),
                                         ("--input-channels", args.input_channels, 1, ""),
@@ -144,3 +143,30 @@ def _run_predict(args) -> int:
                 pr.format_prediction_table(rows, args.memory_budget))
 
     return _measure_and_print(args, pr.benchmark_prediction, config, progress, describe)
+
+
+def _run_memory_check(args) -> int:
+    """``--memory-check Z Y X [...]``: estimated beside measured peak training memory
+    (:mod:`nnunet_ext.bench.memory_check`), as a table (or JSON)."""
+    import torch
+
+    from nnunet_ext.bench.memory_check import format_memory_table, memory_check
+    from nnunet_ext.bench.networks import NNUNET, default_architectures
+
+    for patch in args.memory_check:
+        if any(p < 1 for p in patch):
+            raise SystemExit(f"nnunet-ext benchmark: --memory-check takes voxel counts >= 1 (z y x), got "
+                             f"{' '.join(map(str, patch))}")
+    archs = [NNUNET, *(a for a in (args.archs or default_architectures()) if a != NNUNET)]
+    threads = args.threads or torch.get_num_threads()
+    rows = memory_check(archs, [tuple(p) for p in args.memory_check], args.input_channels, args.num_classes, args.batch,
+                        threads, args.timeout,
+                        on_row=lambda r: print(format_memory_table([r]).splitlines()[-1], file=sys.stderr,
+                                               flush=True))
+    if args.json:
+        print(json.dumps({"rows": rows}))
+    else:
+        print(f"float32 training on the CPU, {threads} thread(s); estimate: nnunet_ext.planning (fake tensors), "
+              f"measured: peak resident memory of real steps in a fresh process\n")
+        print(format_memory_table(rows))
+    return 0

@@ -240,6 +240,23 @@ def fused_scan():
     return None if mod is None else mod.selective_scan_fused
 
 
+def why_unavailable(backend: str, device=None, op: str = "scan") -> Unavailable | None:
+    """Why ``backend`` cannot run ``op`` ('scan' or 'conv') here -- an :class:`Unavailable` (reason and
+    fix) -- or None when it can: ``cuda`` its CUDA kernel loads and runs on ``device`` (default the
+    current GPU; without a GPU, loading is enough), ``triton`` our Triton scan passes its probe there,
+    ``fused`` the numba CPU kernel imports; ``torch`` always runs. Cached like the back-end choice."""
+    index = None if device is None else _device_index(device)
+    if backend == "cuda":
+        return _probe_cuda_call(op, index)
+    if backend == "triton":
+        return _probe_triton_call(index)
+    if backend == "fused":
+        return _probe_fused()[1]
+    if backend == "torch":
+        return None
+    raise ValueError(f"why_unavailable: backend must be one of cuda, triton, fused, torch, got {backend!r}")
+
+
 def clear_cache() -> None:
     """Forget the probes and the warnings already given (tests that fake or remove optional
     packages call this)."""

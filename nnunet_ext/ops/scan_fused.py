@@ -119,7 +119,7 @@ def _np32_tokens_major(t: torch.Tensor):
     return np.ascontiguousarray(t.detach().float().transpose(1, 2).contiguous().numpy())
 
 
-def _work_groups(batch: int, channels: int, threads: int | None = None) -> int:
+def work_groups(batch: int, channels: int, threads: int | None = None) -> int:
     """Channel groups per batch element for the backward: B * G >= :data:`BACKWARD_ITEMS` work items
     where the channels allow. It does not depend on the thread count (``threads`` is ignored), so
     neither do the dB / dC partial sums: results are bit-identical for any number of threads."""
@@ -168,7 +168,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
         nb, ne, L = u.shape
         N = A.shape[1]
-        G = _work_groups(nb, ne)
+        G = work_groups(nb, ne)
         with torch.autocast("cpu", enabled=False):
             arrays = _prepare(u, delta, A, B, C, D, z, delta_bias)
             Np = arrays[2].shape[1]

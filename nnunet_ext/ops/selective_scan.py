@@ -36,6 +36,9 @@ break (see :mod:`nnunet_ext.ops._opaque`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 import torch.nn.functional as F
 
@@ -72,7 +75,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         delta_bias: optional (E,) added to Δ before softplus.
         delta_softplus: apply softplus to Δ.
         return_last_state: also return the final state (B, E, N), float32.
-        backend: None/'auto' | 'cuda' | 'triton' | 'fused' | 'torch' | 'reference'; None reads
+        backend: None/'auto' | 'cuda' | 'triton' | 'fused' | 'torch'; None reads
             ``$NNUNET_EXT_SCAN_BACKEND``.
 
     Returns:
@@ -93,23 +96,48 @@ def _state_dtype(u):
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
+#: back-end name -> the function that runs it (looked up when called, so tests may replace one)
+_IMPLEMENTATIONS = {
+    "cuda": lambda: backends.mamba_ssm_scan(),
+    "triton": lambda: backends.triton_scan(),
+    "fused": lambda: backends.fused_scan(),
+    "torch": lambda: selective_scan_torch,
+}
+#: the function every scan runs instead of a back-end, inside :func:`substitute_scan`
+_SUBSTITUTE: contextvars.ContextVar = contextvars.ContextVar("nnunet_ext_scan_substitute", default=None)
+
+
+def resolve_scan(u, backend=None):
+    """The function that runs :func:`selective_scan` for ``u`` (a tensor or a device): the back-end
+    :func:`~nnunet_ext.ops.backends.resolve_backend` picks, called with ``(u, delta, A, B, C, D=, z=,
+    delta_bias=, delta_softplus=, return_last_state=)``."""
+    return _IMPLEMENTATIONS[backends.resolve_backend(u, backend, op="scan")]()
+
+
+@contextlib.contextmanager
+def substitute_scan(fn):
+    """Within this context (this thread or task), every :func:`selective_scan` call runs
+    ``fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)`` instead of a
+    back-end; ``fn`` returns what :func:`selective_scan` returns.
+
+    For tools that follow tensors rather than compute them: the memory estimate
+    (:mod:`nnunet_ext.planning.estimate`) counts the scan as a given kernel's saved tensors and
+    transients this way. Not for training: ``fn`` bypasses the back-end choice and its checks.
+    """
+    token = _SUBSTITUTE.set(fn)
+    try:
+        yield
+    finally:
+        _SUBSTITUTE.reset(token)
+
+
 def _dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend):
-    """Pick the back-end for ``u`` and run it (eagerly); same arguments and results as
-    :func:`selective_scan`."""
-    name = backends.resolve_backend(u, backend, op="scan")
-    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                  return_last_state=return_last_state)
-    if name == "cuda":
-        out = backends.mamba_ssm_scan()(u, delta, A, B, C, **kwargs)
-    elif name == "triton":
-        out = backends.triton_scan()(u, delta, A, B, C, **kwargs)
-    elif name == "fused":
-        out = backends.fused_scan()(u, delta, A, B, C, **kwargs)
-    elif name == "reference":
-        from nnunet_ext.ops.reference import selective_scan_sequential
-        out = selective_scan_sequential(u, delta, A, B, C, **kwargs)
-    else:
-        out = selective_scan_torch(u, delta, A, B, C, **kwargs)
+    """Run the back-end picked for ``u`` (eagerly); same arguments and results as :func:`selective_scan`."""
+    substitute = _SUBSTITUTE.get()
+    if substitute is not None:
+        return substitute(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    out = resolve_scan(u, backend)(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                   delta_softplus=delta_softplus, return_last_state=return_last_state)
     if not return_last_state:
         return out
     y, last = out

@@ -61,7 +61,7 @@ def plan_dataset(dataset: str | int, trainers: list[str], gpu_memory_gb: list[fl
     """New plans for every trainer x target (nothing written). Raises :class:`PlanningError`."""
     from nnunetv2 import paths
 
-    from nnunet_ext.planning.estimate import resolve_trainer
+    from nnunet_ext.trainers.step import trainer_class
 
     bad = [g for g in gpu_memory_gb if not (g > 0 and g < float("inf"))]
     if bad or not gpu_memory_gb:
@@ -72,7 +72,7 @@ def plan_dataset(dataset: str | int, trainers: list[str], gpu_memory_gb: list[fl
     classes = {}
     for name in trainers:
         try:
-            classes[name] = resolve_trainer(name)
+            classes[name] = trainer_class(name)
         except KeyError as e:
             raise PlanningError(f"{e.args[0]}; pass one of them to --trainer") from None
     name = dataset_name(dataset)

@@ -1,26 +1,27 @@
 """Peak training memory of a trainer's network at a candidate plan, without a GPU and without data.
 
-:func:`estimate_training_memory` builds the network the way the trainer builds it from the plan
-(``build_network_architecture``) on the meta device, gives it fake parameters
-(``torch._subclasses.fake_tensor.FakeTensorMode``: shapes, dtypes and devices, no storage), and runs
-the forward and backward of one of nnU-Net's training steps (deep supervision, the trainer's own
-loss) under :class:`LiveMemory`, which follows every tensor's storage and keeps the peak of the live
-bytes: parameters, SGD momentum (present from the second iteration on), the batch and targets, the
-activations the forward keeps for backward, the gradients and every transient. The optimizer step
-(:func:`train_step`'s clipping and SGD) is counted from the parameters.
+:func:`estimate_training_memory` runs the trainer's own training step (nnU-Net's ``train_step`` with
+the trainer's loss -- deep supervision, its weights, MISSU's self-distillation -- and optimizer, set
+up by :func:`nnunet_ext.trainers.step.step_trainer`) on a network built as the trainer builds it
+from the plan, on the meta device, with fake parameters
+(``torch._subclasses.fake_tensor.FakeTensorMode``: shapes, dtypes and devices, no storage), under
+:class:`LiveMemory`, which follows every tensor's storage and keeps the peak of the live bytes:
+parameters, SGD momentum (present from the second iteration on), the batch and targets, the
+activations the forward keeps for backward, the gradients, the optimizer step and every transient.
 
 Two precisions (:class:`Precision`):
 
 - ``"amp"``: nnU-Net's CUDA training, ``torch.autocast(float16)``. Without a GPU the fake tensors
   are CPU tensors, so CPU autocast casts what it casts to float16 (convolutions, linear layers,
   matmuls, attention) and :class:`CudaAutocastPolicy` adds CUDA autocast's float32 rules (softmax,
-  layer/group norm, exp/log/pow, sums, losses run in float32 on CUDA); SGD runs its ``foreach``
-  implementation, as on CUDA (two parameter-sized temporaries).
+  layer/group norm, exp/log/pow, sums, losses run in float32 on CUDA); the optimizer step counts
+  at least what SGD's ``foreach`` implementation holds on CUDA (two parameter-sized temporaries).
 - ``"fp32"``: plain float32, what nnU-Net does on a CPU (used to validate the estimate against a
   measured CPU run, :mod:`nnunet_ext.bench.memory_check`).
 
 The selective scan is not traced (its ``torch`` back-end would keep float32 copies no kernel keeps):
-:class:`ScanMemoryModel` stands in for the kernel that trains, with that kernel's saved tensors and
+:class:`ScanMemoryModel` stands in for the kernel that trains (through the public
+:func:`nnunet_ext.ops.selective_scan.substitute_scan`), with that kernel's saved tensors and
 its largest transients -- mamba-ssm's CUDA kernel for ``"amp"`` (inputs, the output, float32 state
 checkpoints every 2048 tokens), our fused CPU kernel for ``"fp32"`` (inputs, float32 state checkpoints
 every ``CHUNK_T`` tokens, token-major float32 copies of B and C, per-thread-group partial gradients).
@@ -33,7 +34,6 @@ reserve for them (:mod:`.planner`).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import weakref
 from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
@@ -171,9 +171,9 @@ class ScanMemoryModel(torch.autograd.Function):
         n = A.shape[1]
         f32 = torch.float32
         if ctx.profile == "fused":
-            from nnunet_ext.ops.scan_fused import _work_groups
+            from nnunet_ext.ops.scan_fused import work_groups
 
-            g = _work_groups(b, e, ctx.threads)
+            g = work_groups(b, e, ctx.threads)
             transient = [B.new_empty((b, length, n), dtype=f32), C.new_empty((b, length, n), dtype=f32),
                          u.new_empty((b, g, length, n), dtype=f32), u.new_empty((b, g, length, n), dtype=f32)]
         else:  # mamba-ssm: float32 dB, dC accumulators, cast to B's / C's dtype at the end
@@ -188,110 +188,18 @@ class ScanMemoryModel(torch.autograd.Function):
 
 @contextlib.contextmanager
 def scan_memory_model(profile: str, threads: int = 1):
-    """Route every :func:`nnunet_ext.ops.selective_scan` call through :class:`ScanMemoryModel`."""
-    module = importlib.import_module("nnunet_ext.ops.selective_scan")
-    original = module._dispatch
+    """Count every :func:`nnunet_ext.ops.selective_scan` call as :class:`ScanMemoryModel` of ``profile``
+    (through the public :func:`nnunet_ext.ops.selective_scan.substitute_scan`)."""
+    from nnunet_ext.ops.selective_scan import substitute_scan
 
-    def dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend):
+    def scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
         y = ScanMemoryModel.apply(profile, threads, u, delta, A, B, C, D, z, delta_bias)
         if return_last_state:
             return y, u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32)
         return y
 
-    module._dispatch = dispatch
-    try:
+    with substitute_scan(scan):
         yield
-    finally:
-        module._dispatch = original
-
-
-# ------------------------------------------------------------------------------------------ the step
-def deep_supervision_targets(outputs: Sequence[torch.Tensor], batch: int, device="cpu") -> list[torch.Tensor]:
-    """nnU-Net's targets for the network's outputs: one (batch, 1, *output spatial shape) label map per
-    output, as its data loader's deep-supervision down-sampling delivers them (int16)."""
-    return [torch.zeros((batch, 1, *o.shape[2:]), dtype=torch.int16, device=device) for o in outputs]
-
-
-def train_step(network: nn.Module, loss: nn.Module, optimizer: torch.optim.Optimizer, data: torch.Tensor,
-               targets: list[torch.Tensor] | None, precision: Precision) -> list[torch.Tensor]:
-    """nnU-Net's ``train_step`` (without the GradScaler, which needs no memory worth counting):
-    zero_grad(set_to_none), forward and loss under autocast, backward, clip at 12, SGD step.
-
-    ``data`` (B, C, Z, Y, X); ``targets`` as :func:`deep_supervision_targets` (None: made from the
-    outputs on the first call). Returns the targets, for the next call.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    with autocast_context(precision):
-        output = network(data)
-        outs = list(output) if isinstance(output, (list, tuple)) else [output]
-        if targets is None:
-            targets = deep_supervision_targets(outs, data.shape[0], data.device)
-        target = targets if isinstance(output, (list, tuple)) else targets[0]
-        value = loss(output, target)
-        del output, outs
-    value.backward()
-    torch.nn.utils.clip_grad_norm_(network.parameters(), 12, foreach=precision == "amp")
-    optimizer.step()
-    return targets
-
-
-def make_optimizer(network: nn.Module, precision: Precision, lr: float = 1e-2, weight_decay: float = 3e-5):
-    """nnU-Net's optimizer (SGD, momentum 0.99, Nesterov); ``foreach`` on for ``"amp"`` (what SGD picks
-    for CUDA parameters), off for ``"fp32"`` (what it picks on a CPU)."""
-    return torch.optim.SGD(network.parameters(), lr, weight_decay=weight_decay, momentum=0.99, nesterov=True,
-                           foreach=precision == "amp")
-
-
-# ------------------------------------------------------------------------------------------ trainers
-def resolve_trainer(name: str) -> type:
-    """A trainer class by name: ours (incl. short-run variants such as ``MISSUTrainer_1epoch_2iters``)
-    or stock ``nnUNetTrainer``. Raises ``KeyError`` naming the known trainers."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-    import nnunet_ext.trainers as trainers
-
-    if name == "nnUNetTrainer":
-        return nnUNetTrainer
-    cls = getattr(trainers, name, None)
-    if isinstance(cls, type) and issubclass(cls, nnUNetTrainer) and cls is not trainers.AbstractExtTrainer:
-        return cls
-    known = ["nnUNetTrainer", *[n for n in trainers.__all__ if n != "AbstractExtTrainer"]]
-    raise KeyError(f"unknown trainer '{name}'; known: {', '.join(known)} (and their short-run variants "
-                   f"such as {known[1]}_1epoch_2iters)")
-
-
-def build_network(trainer_cls: type, plans_manager, configuration_manager, dataset_json: dict,
-                  deep_supervision: bool = True) -> nn.Module:
-    """The network ``trainer_cls`` trains for this plan, built as the trainer builds it (at
-    ``initialize()``), on the current default device."""
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-
-    in_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
-    heads = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-    return trainer_cls.build_network_architecture(plans_manager, configuration_manager, in_channels, heads,
-                                                  deep_supervision)
-
-
-def build_loss(trainer_cls: type, network: nn.Module, plans_manager, configuration_manager,
-               dataset_json: dict) -> nn.Module:
-    """The trainer's own ``_build_loss()`` (DC + CE with deep supervision; MISSU adds its
-    self-distillation term), on a trainer object that holds only what ``_build_loss`` reads."""
-    trainer = object.__new__(trainer_cls)
-    trainer.plans_manager = plans_manager
-    trainer.configuration_manager = configuration_manager
-    trainer.label_manager = plans_manager.get_label_manager(dataset_json)
-    trainer.is_ddp = False
-    trainer.enable_deep_supervision = True
-    trainer.network = network
-    trainer.device = torch.device("cpu")
-    trainer._do_i_compile = lambda: False
-    return trainer._build_loss()
-
-
-def input_channels(plans_manager, configuration_manager, dataset_json: dict) -> int:
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-
-    return determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
 
 
 # ------------------------------------------------------------------------------------------ estimate
@@ -361,62 +269,108 @@ def _fake_mode():
     return _FAKE_MODE
 
 
+def _run_train_step(trainer, batch: dict) -> None:
+    """nnU-Net's ``train_step`` of ``trainer`` (the trainer's class's, e.g. MISSU's; or nnU-Net's own for
+    a stand-in holding ``device``, ``network``, ``loss``, ``optimizer``, ``grad_scaler``) on fake tensors:
+    all of it up to its last line, which turns the loss into a NumPy value (a fake tensor has none)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    step = type(trainer).train_step if isinstance(trainer, nnUNetTrainer) else nnUNetTrainer.train_step
+    try:
+        step(trainer, batch)
+    except RuntimeError as e:
+        if ".numpy()" not in str(e):
+            raise
+
+
 def estimate_training_memory(trainer_cls: type, plans_manager, configuration_manager, dataset_json: dict,
                              batch_size: int | None = None, precision: Precision = "amp",
                              scan_profile: str | None = None, threads: int = 1) -> MemoryEstimate:
     """Peak memory of one training iteration of ``trainer_cls`` on this configuration (see the module
-    docstring); ``batch_size`` defaults to the configuration's. ``scan_profile`` (``"cuda"`` or
-    ``"fused"``) defaults to ``"cuda"`` for ``"amp"`` and ``"fused"`` for ``"fp32"``; ``threads`` is
-    the torch thread count the fused kernel would run with (its backward's work split).
+    docstring): the trainer's own ``train_step`` (:mod:`nnunet_ext.trainers.step`: its network, loss
+    and optimizer) on fake tensors; ``batch_size`` defaults to the configuration's. ``scan_profile``
+    (``"cuda"`` or ``"fused"``) defaults to ``"cuda"`` for ``"amp"`` and ``"fused"`` for ``"fp32"``;
+    ``threads`` is the torch thread count the fused kernel would run with (its backward's work split).
 
     Raises ``PlanError`` for a patch the network cannot divide (as the trainer would).
     """
+    from nnunet_ext.trainers.step import build_network, step_trainer, synthetic_batch
+
     cm = configuration_manager
     batch = int(batch_size if batch_size is not None else cm.batch_size)
-    channels = input_channels(plans_manager, cm, dataset_json)
-    return estimate_network_memory(
-        lambda: build_network(trainer_cls, plans_manager, cm, dataset_json),
-        lambda network: build_loss(trainer_cls, network, plans_manager, cm, dataset_json),
-        (batch, channels, *cm.patch_size), precision, scan_profile, threads)
+
+    def make_step(network):
+        trainer = step_trainer(trainer_cls, plans_manager, dataset_json, "cpu", configuration=cm, network=network)
+        return trainer, synthetic_batch(trainer, batch, fake=True)
+
+    return _estimate(lambda: build_network(trainer_cls, plans_manager, cm, dataset_json), make_step, precision,
+                     scan_profile, threads)
 
 
 def estimate_network_memory(make_network, make_loss, data_shape: Sequence[int], precision: Precision = "amp",
                             scan_profile: str | None = None, threads: int = 1) -> MemoryEstimate:
     """Peak memory of one training iteration of ``make_network()`` (called on the meta device) with
-    ``make_loss(network)(output, targets)`` on a float32 batch of ``data_shape`` (B, C, Z, Y, X).
+    ``make_loss(network)(output, target)`` on a float32 batch of ``data_shape`` (B, C, Z, Y, X) and
+    a (B, 1, Z, Y, X) int16 target, run by nnU-Net's ``train_step`` with its SGD (a network that no
+    trainer builds, e.g. in tests)."""
+    from types import SimpleNamespace
 
-    The forward and backward are traced on fake tensors (:class:`LiveMemory`); the optimizer step,
-    whose memory follows from the parameters alone, is counted: parameters + momentum + gradients +
-    SGD's temporaries (``foreach``: two parameter-sized lists; else two of the largest parameter)
-    + the batch and targets.
+    def make_step(network):
+        trainer = SimpleNamespace(device=torch.device("cpu"), network=network, loss=make_loss(network),
+                                  grad_scaler=None,
+                                  optimizer=torch.optim.SGD(network.parameters(), 1e-2, weight_decay=3e-5,
+                                                            momentum=0.99, nesterov=True))
+        shape = tuple(int(d) for d in data_shape)
+        return trainer, {"data": torch.empty(shape, dtype=torch.float32),
+                         "target": torch.empty((shape[0], 1, *shape[2:]), dtype=torch.int16)}
+
+    return _estimate(make_network, make_step, precision, scan_profile, threads)
+
+
+def _estimate(make_network, make_step, precision: Precision, scan_profile: str | None,
+              threads: int) -> MemoryEstimate:
+    """Trace ``train_step`` of ``make_step(network) -> (trainer, batch)`` on fake tensors.
+
+    The network is built on the meta device and given fake parameters; the optimizer holds SGD's
+    momentum from the start (every step after the first does). :class:`LiveMemory` follows the step
+    (forward and loss under :func:`autocast_context`, backward, clipping, SGD's step); the live bytes
+    right after the loss give ``activations``. The peak is at least the optimizer step's as CUDA runs
+    it (``foreach``: parameters + momentum + gradients + two parameter-sized temporaries; on a CPU
+    two of the largest parameter) + the batch and targets.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    batch = int(data_shape[0])
     scan_profile = scan_profile or ("cuda" if precision == "amp" else "fused")
     with torch.device("meta"):
         network = make_network()
     tracker = LiveMemory()
+    after_loss = []
     with _fake_mode(), scan_memory_model(scan_profile, threads):
         _fake_parameters(network)
         network.train()
-        loss = make_loss(network)
+        trainer, batch = make_step(network)
         params = [p for p in network.parameters()]
         trained = [p for p in params if p.requires_grad]
-        momentum = [torch.zeros_like(p) for p in trained]  # what every step after the first holds
-        data = torch.empty(tuple(int(d) for d in data_shape), dtype=torch.float32)
-        for t in (*params, *network.buffers(), *momentum, data):
+        for p in trained:  # what every step after the first holds
+            trainer.optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        targets = batch["target"] if isinstance(batch["target"], list) else [batch["target"]]
+        for t in (*params, *network.buffers(), *(trainer.optimizer.state[p]["momentum_buffer"] for p in trained),
+                  batch["data"], *targets):
             tracker.track(t)
-        with tracker:
-            with autocast_context(precision):
-                output = network(data)
-                outs = list(output) if isinstance(output, (list, tuple)) else [output]
-                targets = deep_supervision_targets(outs, batch)
-                value = loss(output, targets if isinstance(output, (list, tuple)) else targets[0])
-                del output, outs
-            after_forward = tracker.live
-            value.backward()
-        del value
+        loss = trainer.loss
+        if isinstance(loss, nn.Module):
+            hook = loss.register_forward_hook(lambda module, args, out: after_loss.append(tracker.live))
+        else:
+            hook = None
+            trainer.loss = lambda output, target: _record(loss(output, target), tracker, after_loss)
+        try:
+            with tracker, autocast_context(precision):
+                _run_train_step(trainer, batch)
+        finally:
+            if hook is not None:
+                hook.remove()
+            trainer.loss = loss
+    data = batch["data"]
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     trained_bytes = sum(p.numel() * p.element_size() for p in trained)
     buffer_bytes = sum(b.numel() * b.element_size() for b in network.buffers())
@@ -424,11 +378,16 @@ def estimate_network_memory(make_network, make_loss, data_shape: Sequence[int], 
     largest = max((p.numel() * p.element_size() for p in trained), default=0)
     sgd_temporaries = 2 * trained_bytes if precision == "amp" else 2 * largest
     step_peak = param_bytes + buffer_bytes + 2 * trained_bytes + sgd_temporaries + data_bytes
-    activations = after_forward - (param_bytes + buffer_bytes + trained_bytes + data_bytes)
+    activations = after_loss[0] - (param_bytes + buffer_bytes + trained_bytes + data_bytes)
     total = max(tracker.peak, step_peak)
     return MemoryEstimate(
         total=int(total), parameters=int(param_bytes + buffer_bytes), gradients=int(trained_bytes),
         optimizer=int(trained_bytes), activations=int(activations),
         backward=int(max(total - (param_bytes + buffer_bytes + trained_bytes + data_bytes) - activations, 0)),
-        inputs=int(data_bytes), batch_size=batch, patch_size=tuple(int(p) for p in data_shape[2:]),
+        inputs=int(data_bytes), batch_size=int(data.shape[0]), patch_size=tuple(int(p) for p in data.shape[2:]),
         precision=precision)
+
+
+def _record(value, tracker: LiveMemory, into: list):
+    into.append(tracker.live)
+    return value

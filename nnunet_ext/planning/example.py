@@ -21,7 +21,13 @@ import tempfile
 
 DATASET_ID = 990
 DATASET_NAME = f"Dataset{DATASET_ID}_BraTSLike"
-TRAINERS = ("UNETRPPTrainer", "SegMambaTrainer", "SegResMambaTrainer", "MISSUTrainer", "nnUNetTrainer")
+
+
+def default_trainers() -> list[str]:
+    """The trainers of the registry's paper networks, then nnU-Net's own."""
+    from nnunet_ext.architectures import available_architectures, get_architecture
+
+    return [*(get_architecture(a).trainer for a in available_architectures(paper_network=True)), "nnUNetTrainer"]
 
 
 def environment(root: str) -> dict:
@@ -60,19 +66,18 @@ def fabricate(root: str, dataset_id: int = DATASET_ID, name: str = DATASET_NAME,
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
     from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
+    from nnunet_ext.architectures.plans import synthetic_plans
+
     planner = ExperimentPlanner(dataset_id)
     median = np.array(median_shape, dtype=float)
     fullres = planner.get_plans_for_configuration(np.array(spacing, dtype=float), median,
                                                   planner.generate_data_identifier("3d_fullres"),
                                                   float(np.prod(median) * cases), {})
     fullres["batch_dice"] = False
-    plans = {"dataset_name": name, "plans_name": "nnUNetPlans",
-             "original_median_spacing_after_transp": list(spacing),
-             "original_median_shape_after_transp": list(median_shape), "image_reader_writer": "SimpleITKIO",
-             "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-             "configurations": {"3d_fullres": fullres}, "experiment_planner_used": "ExperimentPlanner",
-             "label_manager": "LabelManager",
-             "foreground_intensity_properties_per_channel": fingerprint["foreground_intensity_properties_per_channel"]}
+    plans = synthetic_plans(median_shape, spacing, input_channels=input_channels, dataset_name=name)
+    plans.pop("continue_training")
+    plans.update(configurations={"3d_fullres": fullres},  # nnU-Net's own plan of the fingerprint
+                 foreground_intensity_properties_per_channel=fingerprint["foreground_intensity_properties_per_channel"])
     recursive_fix_for_json_export(plans)
     with open(os.path.join(pre, "nnUNetPlans.json"), "w") as f:
         json.dump(plans, f, indent=2)
@@ -81,7 +86,8 @@ def fabricate(root: str, dataset_id: int = DATASET_ID, name: str = DATASET_NAME,
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m nnunet_ext.planning.example", description=__doc__.split("\n")[0])
     p.add_argument("--root", help="folder for the fabricated dataset (default: a temporary folder)")
-    p.add_argument("--trainers", nargs="+", default=list(TRAINERS))
+    p.add_argument("--trainers", nargs="+", help="trainers to plan for (default: every paper network's, then "
+                                                 "nnUNetTrainer)")
     p.add_argument("--gpu-memory", type=float, nargs="+", default=[8.0, 24.0, 80.0])
     p.add_argument("--fabricate-only", action="store_true")
     args = p.parse_args(argv)
@@ -98,7 +104,7 @@ def main(argv=None) -> int:
     from nnunet_ext.planning.dataset import PlanningError, format_rows, plan_dataset, result_rows
 
     rows = []
-    for trainer in args.trainers:
+    for trainer in args.trainers or default_trainers():
         for gb in args.gpu_memory:
             try:
                 new = result_rows(plan_dataset(DATASET_ID, [trainer], [gb]))

@@ -10,10 +10,13 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ext.trainers.base import AbstractExtTrainer
 from nnunet_ext.trainers.missu import MISSUTrainer, MISSUTrainerPyTorchInit, MISSUTrainerNoDistillation
+from nnunet_ext.trainers import networks as _networks
 from nnunet_ext.trainers.networks import *  # noqa: F401,F403  (one class per registered network)
-from nnunet_ext.trainers.networks import __all__ as _network_trainers
 from nnunet_ext.trainers.variants import make_variant, parse_variant
 
+#: every trainer class :mod:`.networks` defines (a new one needs no entry anywhere)
+_network_trainers = [name for name, obj in vars(_networks).items() if isinstance(obj, type)
+                     and issubclass(obj, AbstractExtTrainer) and obj.__module__ == _networks.__name__]
 __all__ = ["AbstractExtTrainer", "MISSUTrainer", "MISSUTrainerNoDistillation", "MISSUTrainerPyTorchInit",
            *_network_trainers]
 

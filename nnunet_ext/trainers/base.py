@@ -1,8 +1,9 @@
 """One base trainer for every nnunet-ext network.
 
-Concrete trainers are a few lines (see :mod:`nnunet_ext.trainers.networks`): they name the
-registered architecture and, where needed, switch torch.compile off. Everything else is stock
-nnU-Net: data loading, augmentation, DC+CE loss with deep supervision, SGD + poly LR,
+Concrete trainers are a few lines (see :mod:`nnunet_ext.trainers.networks`): a class named as a
+registration's ``trainer`` trains that architecture (:meth:`AbstractExtTrainer.__init_subclass__`;
+the registration is the one place linking the two) and sets, where needed, nnU-Net settings.
+Everything else is stock nnU-Net: data loading, augmentation, DC+CE loss with deep supervision, SGD + poly LR,
 1000 epochs x 250 iterations, validation and export.
 """
 
@@ -15,18 +16,18 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch._dynamo import OptimizedModule
 
-from nnunet_ext.architectures import check_plan, get_architecture
+from nnunet_ext.architectures import architecture_of_trainer, check_plan, get_architecture
 from nnunet_ext.ops.backends import BackendUnavailableError, check_backend_setting
 
 
 class AbstractExtTrainer(nnUNetTrainer):
     """nnU-Net trainer that builds a registered nnunet-ext architecture from the plans.
 
-    Subclasses set :attr:`arch` (a name in :mod:`nnunet_ext.architectures`) and optionally
-    :attr:`compile_network` = False.
+    A subclass whose name a registration gives as ``trainer`` gets that architecture as :attr:`arch`;
+    its subclasses (ablations, short-run variants) inherit it. Optionally :attr:`compile_network` = False.
     """
 
-    #: registry name of the network this trainer builds
+    #: registry name of the network this trainer builds (derived from the registry, never set by hand)
     arch: str = ""
     #: set False where torch.compile does not work with the network (Mamba scans)
     compile_network: bool = True
@@ -40,10 +41,20 @@ class AbstractExtTrainer(nnUNetTrainer):
     #: the same trainer class, so checkpoints load
     network_kwargs: dict = {}
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "arch" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: do not set 'arch'; name the trainer in the network's "
+                            f"register_architecture(..., trainer='{cls.__name__}')")
+        registered = architecture_of_trainer(cls.__name__)
+        if registered is not None:
+            cls.arch = registered
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         if not self.arch:
-            raise TypeError(f"{type(self).__name__} is abstract: set the class attribute 'arch'")
+            raise TypeError(f"{type(self).__name__} trains no registered network: name it as the trainer of "
+                            f"one (register_architecture(..., trainer='{type(self).__name__}'))")
         # fail at once, before nnU-Net creates any output folder: a scan back-end that cannot run here
         # (one line: SystemExit, as for a bad command-line option) ...
         try:

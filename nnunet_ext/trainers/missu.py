@@ -65,7 +65,6 @@ class SegmentationWithDistillationLoss(nn.Module):
 class MISSUTrainer(AbstractExtTrainer):
     """MISSU (Wang et al., IEEE TMI 2023) with nnU-Net's recipe plus lambda * L_sd (lambda = 0.3)."""
 
-    arch = "missu"
     #: lambda of the self-distillation term (paper: 0.3); change it in a subclass
     distillation_weight: float = 0.3
 

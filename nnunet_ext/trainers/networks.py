@@ -1,15 +1,12 @@
-"""The concrete trainers: a few lines each, everything else lives in :class:`AbstractExtTrainer`."""
+"""The concrete trainers: one line each (a class named as its network's registration names it),
+plus nnU-Net settings where a network needs them; everything else lives in :class:`AbstractExtTrainer`.
+"""
 
 from nnunet_ext.trainers.base import AbstractExtTrainer
-
-__all__ = ["SmallUNetTrainer", "UNETRPPTrainer", "SegResMambaTrainer", "SegResMambaTrainerNoToM",
-           "SegResMambaTrainerWide", "SegResMambaTrainerHeInit", "SegMambaTrainer"]
 
 
 class SmallUNetTrainer(AbstractExtTrainer):
     """A small plain U-Net from the plans; the spine's proof trainer (fast on CPU)."""
-
-    arch = "small_unet"
 
 
 class UNETRPPTrainer(AbstractExtTrainer):
@@ -18,7 +15,6 @@ class UNETRPPTrainer(AbstractExtTrainer):
     gradient clipping at 12); its three deep-supervision heads all weighted 1/2^i, as the paper's code
     does, rather than nnU-Net's rule, which would leave the lowest-resolution head untrained."""
 
-    arch = "unetr_pp"
     weight_every_output = True
 
 
@@ -26,7 +22,6 @@ class SegResMambaTrainer(AbstractExtTrainer):
     """SegResMamba (Das et al., MIDL 2025) sized from the plans, trained with nnU-Net's recipe;
     no torch.compile in training (each selective scan would break the compiled graph)."""
 
-    arch = "segresmamba"
     compile_network = False
 
 
@@ -59,5 +54,5 @@ class SegMambaTrainer(AbstractExtTrainer):
     """SegMamba (Xing et al., MICCAI 2024) sized from the plans, trained with nnU-Net's recipe;
     no torch.compile in training (each selective scan would break the compiled graph)."""
 
-    arch = "segmamba"
     compile_network = False
+

@@ -5,27 +5,29 @@ import math
 import pytest
 import torch
 
-from nnunet_ext.architectures import PlanSpec
+from nnunet_ext.architectures import PlanSpec, available_architectures
+from nnunet_ext.architectures.plans import default_architecture
 from nnunet_ext.bench.networks import (NNUNET, NNUNET_TITLE, ROW_KEYS, benchmark, build_benchmark_network,
-                                      default_architectures, format_table, nnunet_arch_kwargs)
+                                      default_architectures, format_table)
 
 
 def test_nnunet_network_follows_the_default_planner():
-    a = nnunet_arch_kwargs((64, 64, 64))
+    a = default_architecture((64, 64, 64))
     k = a["arch_kwargs"]
     assert a["network_class_name"].endswith("PlainConvUNet")
     assert k["n_stages"] == 5 and k["features_per_stage"] == [32, 64, 128, 256, 320]
     assert k["strides"] == [list(s) for s in PlanSpec.from_patch((64, 64, 64)).strides]
     assert k["n_conv_per_stage"] == [2] * 5 and k["n_conv_per_stage_decoder"] == [2] * 4
-    aniso = nnunet_arch_kwargs((32, 128, 128), spacing=(3.0, 1.0, 1.0))["arch_kwargs"]
+    aniso = default_architecture((32, 128, 128), spacing=(3.0, 1.0, 1.0))["arch_kwargs"]
     assert aniso["kernel_sizes"][0] == [1, 3, 3]     # the planner's in-plane kernels for thick slices
     net = build_benchmark_network(NNUNET, PlanSpec.from_patch((16, 16, 16)), 1, 3, deep_supervision=True)
     out = net(torch.zeros(1, 1, 16, 16, 16))
     assert isinstance(out, list) and out[0].shape == (1, 3, 16, 16, 16)
 
 
-def test_default_architectures_skip_the_spine_network():
-    assert "small_unet" not in default_architectures()
+def test_default_architectures_are_the_registrys_paper_networks():
+    assert default_architectures() == available_architectures(paper_network=True)
+    assert "small_unet" in available_architectures() and "small_unet" not in default_architectures()
 
 
 def test_benchmark_small_unet_and_nnunet_at_a_tiny_patch():

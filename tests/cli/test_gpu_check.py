@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from nnunet_ext.bench.gpu_check import COLUMNS, DRY_RUN, PAPER_NETWORKS, SECTIONS
+from nnunet_ext.architectures import available_architectures, get_architecture
+from nnunet_ext.bench.gpu_check import COLUMNS, DRY_RUN, SECTIONS, paper_networks
 from nnunet_ext.cli.main import main
 from nnunet_ext.ops import backends
 
@@ -58,14 +59,15 @@ def test_dry_run_checks_everything_on_the_cpu(tmp_path, capsys, monkeypatch):
     # every paper network: timed, measured, trained with finite losses
     nets = {r["arch"]: r for r in report["networks"]}
     amp = {r["arch"]: r for r in report["amp_training"]}
-    assert list(nets) == list(amp) == list(PAPER_NETWORKS)
-    for arch in PAPER_NETWORKS:
+    assert list(nets) == list(amp) == paper_networks()
+    assert sorted(nets) == available_architectures(paper_network=True)
+    for arch in nets:
         r, a = nets[arch], amp[arch]
         assert r["status"] == "ok", r
         assert r["train_s"] > 0 and r["infer_s"] > 0 and r["params"] > 0
         assert r["peak_train_mib"] >= 0 and r["peak_infer_mib"] >= 0
         assert r["estimated_train_mib"] > r["params"] * 4 * 3 / 2 ** 20  # weights, gradients, momentum at least
-        assert (r["scan_backend"] is not None) == (arch in ("segmamba", "segresmamba"))
+        assert (r["scan_backend"] is not None) == get_architecture(arch).uses_scan
         assert a["status"] == "ok" and a["steps"] == len(a["losses"]) == DRY_RUN.steps
         assert a["losses_finite"] and a["params_finite"] and a["autocast"] == "bfloat16"
     assert nets["segmamba"]["paper_train_mb"] == 17976 and nets["segmamba"]["paper_infer_mb"] == 6279
@@ -115,7 +117,7 @@ def test_a_wrong_scan_back_end_fails_its_row(monkeypatch):
     assert rows["torch"]["fwd_error"] > 1e-3
 
 
-def test_a_non_finite_loss_fails_the_amp_check(tmp_path):
+def test_a_non_finite_loss_fails_the_amp_check():
     """The AMP rows judge: a trainer whose loss is NaN fails, naming why."""
     from nnunet_ext.bench import gpu_check
     from nnunet_ext.trainers import MISSUTrainer
@@ -125,7 +127,7 @@ def test_a_non_finite_loss_fails_the_amp_check(tmp_path):
             loss = super()._build_loss()
             return lambda output, target: loss(output, target) * float("nan")
 
-    net, amp = gpu_check.network_rows("missu", DRY_RUN, lambda arch: NaNLossTrainer, tmp_path)
+    net, amp = gpu_check.network_rows("missu", DRY_RUN, lambda arch: NaNLossTrainer)
     assert net["status"] == "ok" and amp["status"] == "fail" and amp["reason"] == "non-finite loss"
     assert not amp["losses_finite"] and len(amp["losses"]) == DRY_RUN.steps
 

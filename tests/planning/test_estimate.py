@@ -15,18 +15,20 @@ def _stack():
 
 
 def test_total_matches_a_hand_count_of_a_conv_stack():
-    """fp32: parameters + momentum + batch + targets + the hidden map conv 2 keeps + at conv 2's backward
-    its input gradient and its parameter gradients (+ the 4-byte loss and its seed gradient)."""
+    """fp32: parameters + momentum + batch + targets + the hidden map conv 2 keeps + the network's output
+    (nnU-Net's train_step holds it until it returns) + at conv 2's backward its input gradient and its
+    parameter gradients (+ the 4-byte loss and its seed gradient)."""
     est = estimate_network_memory(_stack, lambda net: (lambda out, target: out.sum()), (B, 1, 8, 8, 8), "fp32")
     f32 = 4
     p1, p2 = (8 * 27 + 8) * f32, (2 * 8 + 2) * f32
     params = p1 + p2
     batch, targets = B * V * f32, B * V * 2   # float32 batch, int16 targets
     hidden = B * 8 * V * f32                  # conv 1's output, kept by conv 2 for its backward
-    at_conv2_backward = params + params + batch + targets + hidden + hidden + p2 + 2 * f32
+    output = B * 2 * V * f32
+    at_conv2_backward = params + params + batch + targets + hidden + output + hidden + p2 + 2 * f32
     assert est.total == at_conv2_backward
     assert est.parameters == params and est.optimizer == params and est.gradients == params
-    assert est.activations == hidden + f32    # live after forward and loss: the hidden map and the loss
+    assert est.activations == hidden + output + f32  # live after forward and loss: hidden map, output, loss
     assert est.inputs == batch + targets
 
 

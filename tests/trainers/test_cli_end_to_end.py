@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 TRAINERS = [get_architecture(a).trainer for a in available_architectures()]
 #: trainers whose networks run the selective scan (its back-end is chosen at run time)
-MAMBA_TRAINERS = {"SegMambaTrainer", "SegResMambaTrainer"}
+SCAN_TRAINERS = {get_architecture(a).trainer for a in available_architectures(uses_scan=True)}
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)
@@ -29,7 +29,7 @@ def test_train_and_predict_with_stock_cli(tiny_dataset, trainer, tmp_path):
     for seg in assert_same_geometry(tmp_path / "pred", tiny_dataset.raw / "imagesTs"):
         assert set(np.unique(seg)) <= {0, 1, 2}
 
-    if trainer in MAMBA_TRAINERS:  # the same checkpoint predicts with the PyTorch scan forced
+    if trainer in SCAN_TRAINERS:  # the same checkpoint predicts with the PyTorch scan forced
         tiny_dataset.predict(short, tmp_path / "pred_torch", "0", "--save_probabilities",
                              env={"NNUNET_EXT_SCAN_BACKEND": "torch"})
         npzs = sorted((tmp_path / "pred").glob("*.npz"))

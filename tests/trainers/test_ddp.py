@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD_SIZE = 2
-PAPER_NETWORKS = [a for a in available_architectures() if a != "small_unet"]
+PAPER_NETWORKS = available_architectures(paper_network=True)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,10 @@ def ddp_results(tmp_path_factory) -> dict:
     return json.loads(out.read_text())["networks"]
 
 
-def test_all_paper_networks_are_checked():
-    assert sorted(PAPER_NETWORKS) == ["missu", "segmamba", "segresmamba", "unetr_pp"]
+def test_all_paper_networks_are_checked(ddp_results):
+    """The run covers the registry's paper networks, and each of them is a published network with a trainer."""
+    assert sorted(ddp_results) == PAPER_NETWORKS and PAPER_NETWORKS
+    assert all(get_architecture(a).paper_network and get_architecture(a).trainer for a in PAPER_NETWORKS)
 
 
 @pytest.mark.parametrize("arch", PAPER_NETWORKS)

@@ -50,7 +50,7 @@ def test_an_unusable_plan_fails_before_nnunet_starts(arch, monkeypatch):
 
 
 def test_abstract_trainer_names_the_missing_arch():
-    with pytest.raises(TypeError, match="set the class attribute 'arch'"):
+    with pytest.raises(TypeError, match="trains no registered network: name it as the trainer"):
         trainers.AbstractExtTrainer(make_plans((16, 32, 32), ((1, 1, 1), (2, 2, 2))), "3d_fullres", 0, DATASET_JSON,
                                     torch.device("cpu"))
 

@@ -21,7 +21,7 @@ from tests.nnunet_cli import DATASET_ID, assert_same_geometry, copy_as_interrupt
 
 pytestmark = pytest.mark.e2e
 
-PAPER_TRAINERS = [get_architecture(a).trainer for a in available_architectures() if a != "small_unet"]
+PAPER_TRAINERS = [get_architecture(a).trainer for a in available_architectures(paper_network=True)]
 FINETUNE_ID = 902
 
 
