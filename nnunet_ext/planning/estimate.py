@@ -7,7 +7,8 @@ from the plan, on the meta device, with fake parameters
 (``torch._subclasses.fake_tensor.FakeTensorMode``: shapes, dtypes and devices, no storage), under
 :class:`LiveMemory`, which follows every tensor's storage and keeps the peak of the live bytes:
 parameters, SGD momentum (present from the second iteration on), the batch and targets, the
-activations the forward keeps for backward, the gradients, the optimizer step and every transient.
+activations the forward keeps for backward, the gradients and every transient; the optimizer
+step's peak follows from the parameters.
 
 Two precisions (:class:`Precision`):
 
@@ -333,10 +334,11 @@ def _estimate(make_network, make_step, precision: Precision, scan_profile: str |
 
     The network is built on the meta device and given fake parameters; the optimizer holds SGD's
     momentum from the start (every step after the first does). :class:`LiveMemory` follows the step
-    (forward and loss under :func:`autocast_context`, backward, clipping, SGD's step); the live bytes
-    right after the loss give ``activations``. The peak is at least the optimizer step's as CUDA runs
-    it (``foreach``: parameters + momentum + gradients + two parameter-sized temporaries; on a CPU
-    two of the largest parameter) + the batch and targets.
+    (forward and loss under :func:`autocast_context`, backward, clipping); the live bytes right after
+    the loss give ``activations``. SGD's update itself is not traced (it would add a third to the
+    time): its peak follows from the parameters -- parameters + momentum + gradients + SGD's
+    temporaries (``foreach``, as on CUDA: two parameter-sized lists; on a CPU two of the largest
+    parameter) + the batch and targets -- and the estimate is at least that.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -363,6 +365,7 @@ def _estimate(make_network, make_step, precision: Precision, scan_profile: str |
         else:
             hook = None
             trainer.loss = lambda output, target: _record(loss(output, target), tracker, after_loss)
+        trainer.optimizer.step = lambda *args, **kwargs: None  # counted from the parameters below
         try:
             with tracker, autocast_context(precision):
                 _run_train_step(trainer, batch)
@@ -370,6 +373,7 @@ def _estimate(make_network, make_step, precision: Precision, scan_profile: str |
             if hook is not None:
                 hook.remove()
             trainer.loss = loss
+            del trainer.optimizer.step
     data = batch["data"]
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     trained_bytes = sum(p.numel() * p.element_size() for p in trained)
