@@ -37,10 +37,9 @@ from typing import Callable, Sequence
 
 from nnunet_ext.bench.harness import run_isolated_rows, seconds_per_call
 from nnunet_ext.bench.memory import PeakMemory
+from nnunet_ext.trainers.step import NNUNET  # stock nnU-Net's network: its name in --archs and in the rows
 
-#: stock nnU-Net's default network (PlainConvUNet, trained by nnUNetTrainer): its name in ``--archs`` and
-#: in the rows, and its title in tables and progress lines
-NNUNET = "nnunet"
+#: stock nnU-Net's default network's title in tables and progress lines
 NNUNET_TITLE = "nnU-Net (PlainConvUNet)"
 #: what each row carries when the network ran
 ROW_KEYS = ("arch", "params", "params_inference", "macs", "train_s", "infer_s", "peak_train_mib",

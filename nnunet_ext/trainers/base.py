@@ -24,13 +24,12 @@ class AbstractExtTrainer(nnUNetTrainer):
     """nnU-Net trainer that builds a registered nnunet-ext architecture from the plans.
 
     A subclass whose name a registration gives as ``trainer`` gets that architecture as :attr:`arch`;
-    its subclasses (ablations, short-run variants) inherit it. Optionally :attr:`compile_network` = False.
+    its subclasses (ablations, short-run variants) inherit it. A network registered with ``uses_scan``
+    trains without torch.compile (each selective scan would break the compiled graph).
     """
 
     #: registry name of the network this trainer builds (derived from the registry, never set by hand)
     arch: str = ""
-    #: set False where torch.compile does not work with the network (Mamba scans)
-    compile_network: bool = True
     #: deep-supervision weights. False: nnU-Net's rule, 1/2^i for output i and 0 for the
     #: lowest-resolution one (right for its U-Net, whose lowest output sits next to the bottleneck).
     #: True: 1/2^i for every output, normalised -- for a network whose paper trains every head
@@ -100,6 +99,6 @@ class AbstractExtTrainer(nnUNetTrainer):
         return loss
 
     def _do_i_compile(self) -> bool:
-        if not self.compile_network:
+        if get_architecture(self.arch).uses_scan:
             return False
         return super()._do_i_compile()

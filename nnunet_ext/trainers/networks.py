@@ -22,8 +22,6 @@ class SegResMambaTrainer(AbstractExtTrainer):
     """SegResMamba (Das et al., MIDL 2025) sized from the plans, trained with nnU-Net's recipe;
     no torch.compile in training (each selective scan would break the compiled graph)."""
 
-    compile_network = False
-
 
 class SegResMambaTrainerNoToM(SegResMambaTrainer):
     """Ablation: SegResMamba without its ToM layers (its SegResNet backbone alone).
@@ -53,6 +51,4 @@ class SegResMambaTrainerHeInit(SegResMambaTrainer):
 class SegMambaTrainer(AbstractExtTrainer):
     """SegMamba (Xing et al., MICCAI 2024) sized from the plans, trained with nnU-Net's recipe;
     no torch.compile in training (each selective scan would break the compiled graph)."""
-
-    compile_network = False
 

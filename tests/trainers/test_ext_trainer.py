@@ -59,3 +59,13 @@ def test_abstract_trainer_names_the_missing_arch():
 def test_every_trainer_has_short_variants(arch):
     cls = _trainer(arch)
     assert cls.arch == arch and issubclass(getattr(trainers, f"{cls.__name__}_1epoch_2iters"), cls)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_only_networks_with_a_scan_train_without_torch_compile(arch, monkeypatch):
+    """nnU-Net compiles on CUDA (asked here as if on a GPU); the registration's ``uses_scan`` turns it off."""
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: True)
+    cls = _trainer(arch)
+    trainer = object.__new__(getattr(trainers, f"{cls.__name__}_1epoch_2iters"))  # no __init__: no folders
+    assert trainer._do_i_compile() is (not get_architecture(arch).uses_scan)
+    assert get_architecture(arch).uses_scan is (arch in ("segmamba", "segresmamba"))
