@@ -235,8 +235,28 @@ def _run_locked(wf: Workflow, trainers: list[str], epochs: int, iters: int, fold
         write_text(f"{table}\n\n![learning curves]({png.name})\n", f"{stem}.md")
         write_json(rows, f"{stem}.json")
         print(f"    written to {stem}.md and .json; learning curves: {png}")
+        if sorted(folds) == [0, 1, 2, 3, 4]:
+            compare_cross_validation(wf, [r["trainer"] for r in rows], f"{stem.name}_crossval")
     print(f"\nTotal wall time {time.time() - t_start:.0f} s.")
     return rows
+
+
+def compare_cross_validation(wf: Workflow, trainers: list[str], name: str) -> Path:
+    """``nnunet-ext compare`` on the trainers' five-fold cross-validation (the first is the baseline):
+    prints its table and writes its files to ``<demo outputs>/<name>``; returns that folder."""
+    from nnunet_ext.evaluation.cases import EvaluationError
+    from nnunet_ext.evaluation.compare import compare_trainers, format_summary
+
+    print("\n==> Cross-validation compared (nnunet-ext compare: every validation case of the five folds, "
+          "paired statistics against the first trainer)")
+    try:
+        result = compare_trainers(wf.dataset_name, "3d_fullres", trainers, out=wf.out / name,
+                                  results_dir=wf.env["nnUNet_results"],
+                                  preprocessed_dir=wf.env["nnUNet_preprocessed"], progress=False, num_processes=1)
+    except EvaluationError as e:
+        raise DemoError(f"comparing the cross-validation: {e}") from None
+    print("    " + format_summary(result).replace("\n", "\n    ") + f"\n    written to {result['out']}")
+    return Path(result["out"])
 
 
 # ---------------------------------------------------------------------------------- steps 1-2: data

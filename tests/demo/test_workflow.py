@@ -283,3 +283,33 @@ def test_a_second_demo_on_the_same_folders_refuses_naming_the_first(wf, tmp_path
         assert not (wf.raw / NAME).exists()                      # refused before writing anything
     with demo_lock(wf.state_folder):                             # released on leaving the block
         pass
+
+
+def test_five_folds_of_several_trainers_end_with_their_cross_validation_compared(tmp_path, monkeypatch, capsys):
+    """The demo's last step is ``nnunet-ext compare`` on what nnU-Net's validation wrote (a tree written
+    directly here; the training is tested end to end in tests/cli/test_demo_cli.py)."""
+    import csv
+
+    from tests.evaluation.crossval_tree import DATASET, Tree
+
+    tree = Tree(tmp_path / "tree", num_cases=10)
+    tree.add_trainer("ExactTrainer", "exact")
+    tree.add_trainer("NoiseTrainer", "noise")
+    for var, path in tree.env().items():
+        monkeypatch.setenv(var, path)
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    demo = workflow.Workflow(901, DATASET, "cpu")
+    out = workflow.compare_cross_validation(demo, ["NoiseTrainer", "ExactTrainer"], "comparison_crossval")
+    assert out == demo.out / "comparison_crossval"
+    printed = capsys.readouterr().out
+    assert "baseline `NoiseTrainer`" in printed and "significantly better" in printed
+    with open(out / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 10 * 2  # trainers x cases x classes
+    exact = [float(r["dice"]) for r in rows if r["trainer"] == "ExactTrainer"]
+    assert exact == [1.0] * 20
+    assert {p.name for p in out.iterdir()} >= {"summary.md", "summary.csv", "per_case.csv", "boxplots.png"}
+    # a trainer without its validation: one line, through the demo's error
+    with pytest.raises(workflow.DemoError, match=r"^comparing the cross-validation: .*MissingTrainer"):
+        workflow.compare_cross_validation(demo, ["NoiseTrainer", "MissingTrainer"], "other")
+    assert not (demo.out / "other").exists()
