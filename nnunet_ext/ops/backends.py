@@ -84,9 +84,9 @@ def _missing_cuda_package(op: str, exc: BaseException) -> Unavailable:
     detail = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == module:
         return Unavailable(f"{pip_name} is not installed ({detail})",
-                           f'install the CUDA kernels with `{_KEEP_CUDA[op]}pip install "nnunet-ext[cuda]" '
-                           "--no-build-isolation` (they compile against your torch/CUDA pair, or a matching "
-                           "prebuilt wheel is fetched)")
+                           f"install the CUDA kernels with `{_KEEP_CUDA[op]}pip install --no-build-isolation "
+                           f"{pip_name}` (nnunet-ext's [cuda] extra; it compiles against your torch/CUDA pair, or "
+                           "a matching prebuilt wheel is fetched)")
     return Unavailable(f"{pip_name} is installed without a working CUDA extension ({detail})",
                        _rebuild_fix(op))
 

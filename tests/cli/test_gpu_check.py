@@ -157,7 +157,7 @@ def test_backend_choice_says_why_triton_runs_instead_of_mamba_ssm(monkeypatch):
     scan = rows[("cuda", "scan")]
     assert scan["chosen"] == "triton" and scan["available"] == ["triton", "torch"]
     assert scan["reason"].startswith("our Triton kernel runs; mamba-ssm's kernel (faster) cannot: mamba-ssm is not "
-                                     "installed") and 'pip install "nnunet-ext[cuda]"' in scan["reason"]
+                                     "installed") and 'pip install --no-build-isolation mamba-ssm' in scan["reason"]
     conv = rows[("cuda", "conv")]
     assert conv["chosen"] == "torch" and "causal-conv1d is not installed" in conv["reason"]
 

@@ -89,7 +89,7 @@ def no_mamba(monkeypatch):
 
 
 def test_forcing_cuda_without_the_package_names_the_extra(no_mamba):
-    with pytest.raises(BackendUnavailableError, match=r'mamba-ssm is not installed.*pip install "nnunet-ext\[cuda\]"'):
+    with pytest.raises(BackendUnavailableError, match=r'mamba-ssm is not installed.*pip install --no-build-isolation mamba-ssm'):
         resolve_backend(torch.device("cuda"), "cuda")
 
 
@@ -168,8 +168,8 @@ def _fake_triton(monkeypatch, fails: str | None = None):
 
 FALLBACK_CASES = {
     # fixture -> (what the scan warning must say: reason, fix), the same for the conv
-    "no_mamba": ((r"mamba-ssm is not installed", r'pip install "nnunet-ext\[cuda\]"'),
-                 (r"causal-conv1d is not installed", r'pip install "nnunet-ext\[cuda\]"')),
+    "no_mamba": ((r"mamba-ssm is not installed", r"pip install --no-build-isolation mamba-ssm"),
+                 (r"causal-conv1d is not installed", r"pip install --no-build-isolation causal-conv1d")),
     "broken_mamba": ((r"without a working CUDA extension.*selective_scan_cuda",
                       r"MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation .*mamba-ssm"),
                      (r"without a working CUDA extension.*causal_conv1d_cuda",
@@ -366,7 +366,7 @@ def test_triton_failing_its_probe_falls_back_to_torch_with_both_reasons(monkeypa
     message = str(record[0].message)
     assert re.search(r"'torch' back-end instead of mamba-ssm's selective-scan kernel or our Triton kernel: "
                      r"mamba-ssm is not installed.*Triton scan kernel fails on this GPU.*PTXAS error", message)
-    assert re.search(r'Fix: .*pip install "nnunet-ext\[cuda\]".*or, for the Triton kernel: use the triton version',
+    assert re.search(r'Fix: .*pip install --no-build-isolation mamba-ssm.*or, for the Triton kernel: use the triton version',
                      message)
     with pytest.raises(BackendUnavailableError, match="'triton' cannot run here.*PTXAS error.*fix: use the triton"):
         resolve_backend(torch.device("cuda"), "triton")
@@ -401,7 +401,7 @@ def test_mamba_ssm_fixes_ask_for_its_cuda_build():
     def fix(op, missing):
         return backends._missing_cuda_package(op, ModuleNotFoundError(f"No module named '{missing}'", name=missing)).fix
 
-    assert '`MAMBA_KEEP_CUDA_BUILD=TRUE pip install "nnunet-ext[cuda]" --no-build-isolation`' in fix("scan", "mamba_ssm")
+    assert "`MAMBA_KEEP_CUDA_BUILD=TRUE pip install --no-build-isolation mamba-ssm`" in fix("scan", "mamba_ssm")
     assert ("`MAMBA_KEEP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation --no-cache-dir "
             "--force-reinstall mamba-ssm`") in fix("scan", "selective_scan_cuda")
     assert "KEEP" not in fix("conv", "causal_conv1d") + fix("conv", "causal_conv1d_cuda")
