@@ -61,17 +61,16 @@ def make_predictor(network, patch_size: Sequence[int], num_classes: int, mirrori
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_ext.architectures.plans import CONFIGURATION, synthetic_plans
+    from nnunet_ext.architectures.plans import CONFIGURATION, synthetic_dataset_json, synthetic_plans
 
     plans = PlansManager(synthetic_plans(patch_size, spacing))
     dev = torch.device(device)
     predictor = nnUNetPredictor(tile_step_size=TILE_STEP, use_gaussian=True, use_mirroring=mirroring,
                                 perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                 allow_tqdm=False)
-    labels = {"background": 0, **{f"class{i}": i for i in range(1, num_classes)}}
     predictor.manual_initialization(network, plans, plans.get_configuration(CONFIGURATION),
                                     [{k: v.clone() for k, v in network.state_dict().items()}],
-                                    {"labels": labels}, "benchmark", MIRROR_AXES)
+                                    synthetic_dataset_json(num_classes=num_classes), "benchmark", MIRROR_AXES)
     return predictor
 
 

@@ -21,7 +21,7 @@ def register(sub) -> None:
                    help="run the whole check on the CPU at tiny sizes (16³ patch, L 1024, 2 steps under "
                         "bfloat16 autocast) to see that it works before using a GPU machine")
     p.add_argument("--networks", nargs="+", metavar="ARCH",
-                   help="check only these networks (default: segmamba segresmamba unetr_pp missu)")
+                   help="check only these networks (default: every registered paper network)")
     p.add_argument("--compile-only", action="store_true",
                    help="no GPU needed: compile every Triton scan kernel specialisation the dispatcher can launch "
                         "for real GPU architectures (triton.compile + the ptxas/cuobjdump in Triton's wheel) and "
@@ -39,17 +39,26 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _out_file(args):
+    """``--out`` as a path: a file in an existing folder (one line otherwise)."""
+    from pathlib import Path
+
+    from nnunet_ext.cli._checks import fail
+
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise fail("gpu-check", f"--out {args.out}: give a file in an existing folder, e.g. --out gpu_check.json")
+    return out
+
+
 def run_compile_only(args) -> int:
     import importlib.util
-    from pathlib import Path
 
     from nnunet_ext.cli._checks import at_least, fail
     from nnunet_ext.io import write_json
 
     at_least("gpu-check", "--jobs", args.jobs, 1)
-    out = Path(args.out)
-    if out.is_dir() or not out.parent.is_dir():
-        raise fail("gpu-check", f"--out {args.out}: give a file in an existing folder, e.g. --out gpu_check.json")
+    out = _out_file(args)
     if importlib.util.find_spec("triton") is None:
         raise fail("gpu-check", "--compile-only needs triton: `pip install triton` (PyTorch's Linux wheels ship it)")
     from nnunet_ext.bench import triton_compile
@@ -79,12 +88,9 @@ def run_compile_only(args) -> int:
 def run(args) -> int:
     if args.compile_only:
         return run_compile_only(args)
-    from pathlib import Path
-
     import torch
 
-    from nnunet_ext import trainers
-    from nnunet_ext.architectures import available_architectures, get_architecture
+    from nnunet_ext.architectures import available_architectures
     from nnunet_ext.bench import gpu_check
     from nnunet_ext.cli._checks import fail
     from nnunet_ext.io import write_json
@@ -96,9 +102,7 @@ def run(args) -> int:
     if unknown:
         raise fail("gpu-check", f"--networks: unknown network(s) {', '.join(unknown)}; "
                                 f"known: {', '.join(available_architectures())}")
-    out = Path(args.out)
-    if out.is_dir() or not out.parent.is_dir():
-        raise fail("gpu-check", f"--out {args.out}: give a file in an existing folder, e.g. --out gpu_check.json")
+    out = _out_file(args)
     if not args.dry_run and not torch.cuda.is_available():
         raise fail("gpu-check", "torch sees no CUDA device here; run `nnunet-ext gpu-check --dry-run` to try the "
                                 "check on the CPU, or run it on a GPU machine")
@@ -108,8 +112,7 @@ def run(args) -> int:
         print(f"  {section}: {gpu_check.row_subject(row)} {row['status']} {detail}".rstrip(), file=sys.stderr,
               flush=True)
 
-    report = gpu_check.run_check(lambda arch: getattr(trainers, get_architecture(arch).trainer),
-                                 dry_run=args.dry_run, networks=args.networks, progress=progress)
+    report = gpu_check.run_check(dry_run=args.dry_run, networks=args.networks, progress=progress)
     write_json(report, out)
     print(gpu_check.format_table(report))
     print(f"\nreport written to {out}")

@@ -172,7 +172,7 @@ def collect(lay: Layout, trainers: Sequence[str], folds: Sequence[int], toleranc
     """
     from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
 
-    from nnunet_ext.evaluation.folder import _evaluate_case, _Runner, default_num_processes
+    from nnunet_ext.evaluation.folder import evaluate_case, Runner, default_num_processes
 
     ds_json = lay.preprocessed / "dataset.json"
     gt_dir = lay.preprocessed / "gt_segmentations"
@@ -239,8 +239,8 @@ def collect(lay: Layout, trainers: Sequence[str], folds: Sequence[int], toleranc
                     owners.append(t)
     if jobs:
         nproc = default_num_processes() if num_processes is None else max(1, int(num_processes))
-        with _Runner(min(nproc, len(jobs)), progress) as runner:
-            for t, r in zip(owners, runner.map(_evaluate_case, jobs, "score")):
+        with Runner(min(nproc, len(jobs)), progress) as runner:
+            for t, r in zip(owners, runner.map(evaluate_case, jobs, "score")):
                 scores[t][r["case"]] = r["metrics"]
 
     caches = []

@@ -52,7 +52,10 @@ def _reference_labels(job: tuple[str, str]) -> list[int]:
     return sorted(_labels.label_values(case, "reference", Path(path), sitk.GetArrayFromImage(sitk.ReadImage(path))))
 
 
-def _evaluate_case(job: tuple) -> dict:
+def evaluate_case(job: tuple) -> dict:
+    """One worker job ``(case, reference, prediction, classes, tolerance_mm, ignore_label, known labels,
+    dataset.json or None)``: the case's metrics per class, its labels checked (also for
+    :mod:`.crossval`)."""
     import SimpleITK as sitk
     case, ref, pred, labels, tolerance_mm, ignore_label, known, dataset_json = job
     img_ref, img_pred = sitk.ReadImage(str(ref)), sitk.ReadImage(str(pred))
@@ -69,7 +72,7 @@ def _evaluate_case(job: tuple) -> dict:
 
 
 # ---------------------------------------------------------------------------------- the pool
-class _Runner:
+class Runner:
     """Maps a function over jobs with a tqdm bar, in this process (one worker) or in one pool of
     spawned workers that lives as long as the ``with`` block (both passes share it)."""
 
@@ -156,7 +159,7 @@ def evaluate_folders(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     explicit = given and dataset_json is None
     if labels is not None:
         labels = _labels.check_classes(labels, ignore_label)
-    with _Runner(min(nproc, len(pairs)), progress) as runner:
+    with Runner(min(nproc, len(pairs)), progress) as runner:
         if labels is None:
             found = runner.map(_reference_labels, [(c, str(r)) for c, r, _ in pairs], "labels")
             labels = sorted({v for vs in found for v in vs} - {0})
@@ -167,7 +170,7 @@ def evaluate_folders(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike,
         ds = None if dataset_json is None else str(dataset_json)
         jobs = [(case, ref, pred, labels, float(tolerance_mm), ignore_label, known, ds)
                 for case, ref, pred in pairs]
-        cases = runner.map(_evaluate_case, jobs, "evaluate")
+        cases = runner.map(evaluate_case, jobs, "evaluate")
 
     # explicit classes without a dataset.json: labels no reference has and no class covers are reported
     ref_values = {v for c in cases for v in c.pop("_ref_values")}
